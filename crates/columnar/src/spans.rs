@@ -1,0 +1,1 @@
+//! Span batches (placeholder while being written).

@@ -1,0 +1,176 @@
+//! Layered configuration: a TOML file, then `SKEIN_*` environment variables, then
+//! command-line `--set key=value` overrides; later layers win. Unknown keys are errors that
+//! name the key, because a misspelt key silently ignored is a production incident.
+//!
+//! Environment variables map onto keys by stripping the prefix, lowercasing and reading a
+//! double underscore as a section separator: `SKEIN_HEAD__MEMORY_LIMIT=2GiB` sets
+//! `head.memory_limit`.
+
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// An override was not `key=value`.
+    #[error("invalid override {0:?}: expected key.path=value")]
+    Override(String),
+    /// An override tried to set a key inside a value that is not a table.
+    #[error("cannot set {key}: {parent} is not a table")]
+    NotATable { key: String, parent: String },
+    /// The merged configuration does not fit the schema (unknown key, wrong type).
+    #[error("invalid configuration{}: {message}", origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    Invalid {
+        origin: Option<String>,
+        message: String,
+    },
+}
+
+/// Loads `T` from an optional TOML file, the environment variables starting with `env_prefix`
+/// (`SKEIN_` normally), and explicit `key.path=value` overrides, in that order.
+///
+/// # Errors
+/// Fails on an unreadable file, invalid TOML, or a key or value the schema does not accept.
+pub fn load<T: DeserializeOwned>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    env_prefix: &str,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let mut root = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    let mut origins = Vec::new();
+    for (k, v) in env {
+        if let Some(rest) = k.strip_prefix(env_prefix) {
+            if rest.is_empty() {
+                continue;
+            }
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            set_path(&mut root, &key, &v)?;
+            origins.push(format!("{k} -> {key}"));
+        }
+    }
+    for o in overrides {
+        let (k, v) = o
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Override(o.clone()))?;
+        set_path(&mut root, k.trim(), v.trim())?;
+    }
+    T::deserialize(toml::Value::Table(root)).map_err(|e| ConfigError::Invalid {
+        origin: if origins.is_empty() {
+            file.map(|p| p.display().to_string())
+        } else {
+            Some(format!(
+                "file {}, environment {}",
+                file.map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none".into()),
+                origins.join(", ")
+            ))
+        },
+        message: e.to_string().trim().to_string(),
+    })
+}
+
+/// Reads a scalar written on the command line or in the environment as the TOML value it
+/// most plausibly is: a bool, an integer, a float, an array/inline table, else a string.
+fn parse_scalar(v: &str) -> toml::Value {
+    if let Ok(parsed) = format!("x = {v}").parse::<toml::Table>() {
+        if let Some(val) = parsed.get("x") {
+            return val.clone();
+        }
+    }
+    toml::Value::String(v.to_string())
+}
+
+fn set_path(root: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = root;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::NotATable {
+            key: key.to_string(),
+            parent: parts[..=i].join("."),
+        })?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), parse_scalar(value));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Inner {
+        limit: u64,
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Cfg {
+        head: Inner,
+        flag: bool,
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let dir = std::env::temp_dir().join(format!("skein-core-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "flag = false\n[head]\nlimit = 1\nname = \"file\"\n").unwrap();
+        let env = vec![
+            ("SKEIN_HEAD__LIMIT".to_string(), "2".to_string()),
+            ("OTHER".into(), "x".into()),
+        ];
+        let c: Cfg = load(
+            Some(&f),
+            env,
+            "SKEIN_",
+            &["head.name=flag".into(), "flag=true".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Cfg {
+                head: Inner {
+                    limit: 2,
+                    name: "flag".into()
+                },
+                flag: true
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load::<Cfg>(None, vec![], "SKEIN_", &["head.limt=3".into()]).unwrap_err();
+        assert!(e.to_string().contains("limt"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! OTLP for Skein: the `opentelemetry-proto` types re-exported, body decoding for OTLP/HTTP
+//! (protobuf and JSON, gzip, with size limits), response encoding, `google.rpc.Status`, and
+//! validation of incoming spans against Skein's limits.
+
+pub mod codec;
+pub mod status;
+pub mod validate;
+
+pub use codec::{DecodeError, Encoding};
+pub use opentelemetry_proto::tonic as proto;
+pub use status::RpcStatus;
+pub use validate::{Limits, Validated, validate_traces};
+
+pub use proto::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
