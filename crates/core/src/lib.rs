@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod metrics;
+pub mod query;
 pub mod units;
 
 pub use error::ErrorCode;

@@ -179,6 +179,14 @@ pub fn validate_traces(req: &mut ExportTraceServiceRequest, limits: &Limits) -> 
                                 &mut v,
                             );
                         }
+                        let links_before = span.links.len();
+                        span.links.retain(|l| {
+                            TraceId::from_slice(&l.trace_id).is_ok()
+                                && SpanId::from_slice(&l.span_id).is_ok()
+                        });
+                        span.dropped_links_count = span
+                            .dropped_links_count
+                            .saturating_add((links_before - span.links.len()) as u32);
                         for l in span.links.iter_mut() {
                             limit_attrs(
                                 &mut l.attributes,

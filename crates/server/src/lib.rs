@@ -1,1 +1,112 @@
-//! placeholder
+//! The collector's network front: OTLP ingest over gRPC and HTTP, the native query API, the
+//! Jaeger query API and the operational endpoints.
+//!
+//! This crate knows HTTP, gRPC and OTLP status semantics, and nothing about storage: it talks
+//! to the engine through the traits below, which the collector binary implements over the
+//! store and the query engine. Routers are plain functions returning an `axum::Router`, so
+//! tests drive them with `tower::ServiceExt::oneshot` and no socket.
+
+mod api;
+mod error;
+mod ingest;
+mod jaeger;
+mod ops;
+mod params;
+
+pub use error::ApiError;
+pub use ingest::{grpc_trace_service, otlp_http_router};
+pub use ops::ServerMetrics;
+pub use params::parse_go_duration;
+
+use serde_json::Value;
+use skein_core::TraceId;
+use skein_core::query::{SearchParams, TraceOptions};
+use skein_otlp::ExportTraceServiceRequest;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed, sendable future (the traits below must be object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What an accepted export amounted to, for the OTLP `partial_success` field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Spans rejected; zero means full success.
+    pub rejected: i64,
+    /// Why they were rejected.
+    pub message: String,
+}
+
+/// Accepts span exports.
+pub trait TraceIngest: Send + Sync + 'static {
+    /// Stores a trace export; resolves once the accepted spans are durable.
+    ///
+    /// # Errors
+    /// An [`ApiError`] whose code decides the HTTP/gRPC status and whether the client retries.
+    fn export_traces(
+        &self,
+        req: ExportTraceServiceRequest,
+    ) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
+}
+
+/// Answers queries. Methods may take milliseconds of CPU; the server calls them on the
+/// blocking pool, never on an async worker.
+pub trait QueryService: Send + Sync + 'static {
+    /// The assembled trace in the native shape (ARCHITECTURE §6), `None` if unknown.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn trace(&self, id: TraceId, opts: TraceOptions) -> Result<Option<Value>, ApiError>;
+    /// Trace summaries matching `q`, newest first.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError>;
+    /// Service names, sorted.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn services(&self) -> Result<Vec<String>, ApiError>;
+    /// (operation, span kind) pairs of a service, sorted.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn operations(&self, service: &str) -> Result<Vec<(String, i8)>, ApiError>;
+    /// One trace in Jaeger's JSON shape, `None` if unknown; `adjust_skew` applies the clock-skew
+    /// adjuster (Jaeger's default unless `raw=true`).
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn jaeger_trace(&self, id: TraceId, adjust_skew: bool) -> Result<Option<Value>, ApiError>;
+    /// Full traces matching `q` in Jaeger's JSON shape, newest first.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError>;
+}
+
+/// Liveness, readiness and self-metrics.
+pub trait Ops: Send + Sync + 'static {
+    /// `Ok` once the collector serves (WAL replayed), else why not.
+    ///
+    /// # Errors
+    /// The reason the collector is not ready.
+    fn ready(&self) -> Result<(), String>;
+    /// Appends Prometheus text for the engine's metrics.
+    fn render_metrics(&self, out: &mut String);
+}
+
+/// Everything the query port serves: native API, Jaeger API, ops.
+pub fn query_router(
+    query: Arc<dyn QueryService>,
+    ops: Arc<dyn Ops>,
+    metrics: Arc<ServerMetrics>,
+) -> axum::Router {
+    api::router(Arc::clone(&query), Arc::clone(&metrics))
+        .merge(jaeger::router(query, Arc::clone(&metrics)))
+        .merge(ops::router(ops, metrics))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! The native query API under `/api/v1` (ARCHITECTURE §6).
+
+use crate::QueryService;
+use crate::error::ApiError;
+use crate::ops::ServerMetrics;
+use crate::params::{self, Params};
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use skein_core::query::TraceOptions;
+use skein_core::{ErrorCode, TraceId};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone)]
+pub(crate) struct QState {
+    pub(crate) query: Arc<dyn QueryService>,
+    pub(crate) metrics: Arc<ServerMetrics>,
+}
+
+/// Runs a query on the blocking pool and records its latency under `group`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    st: &QState,
+    group: &'static str,
+    f: impl FnOnce(&dyn QueryService) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let t = Instant::now();
+    let q = Arc::clone(&st.query);
+    let r = tokio::task::spawn_blocking(move || f(q.as_ref()))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("query task failed: {e}"),
+            ))
+        });
+    st.metrics.observe(
+        group,
+        r.as_ref()
+            .map(|_| 200)
+            .unwrap_or_else(|e| e.code.http_status()),
+        t.elapsed(),
+    );
+    r
+}
+
+pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/traces", get(search))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}/operations", get(operations))
+        .with_state(QState { query, metrics })
+}
+
+pub(crate) fn parse_trace_id(s: &str) -> Result<TraceId, ApiError> {
+    TraceId::from_hex(s).map_err(|e| ApiError::bad_request(format!("invalid trace id {s:?}: {e}")))
+}
+
+async fn trace(
+    State(st): State<QState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_trace_id(&id)?;
+    let p = Params::parse(raw.as_deref());
+    let adjust_skew = match p.get("adjust") {
+        None => false,
+        Some("skew") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "parameter adjust={other:?}: the only adjustment is \"skew\""
+            )));
+        }
+    };
+    let found = blocking(&st, "trace", move |q| {
+        q.trace(id, TraceOptions { adjust_skew })
+    })
+    .await?;
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("trace {id} not found")))
+}
+
+async fn search(
+    State(st): State<QState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = params::native_search(&Params::parse(raw.as_deref()))?;
+    let traces = blocking(&st, "search", move |qs| qs.search(&q)).await?;
+    Ok(Json(json!({ "traces": traces })))
+}
+
+async fn services(State(st): State<QState>) -> Result<Json<Value>, ApiError> {
+    let s = blocking(&st, "services", |q| q.services()).await?;
+    Ok(Json(json!({ "services": s })))
+}
+
+async fn operations(State(st): State<QState>, Path(service): Path<String>) -> Response {
+    let r = blocking(&st, "services", move |q| q.operations(&service)).await;
+    match r {
+        Ok(ops) => {
+            let ops: Vec<Value> = ops
+                .into_iter()
+                .map(|(name, kind)| json!({"name": name, "span_kind": kind_name(kind)}))
+                .collect();
+            Json(json!({ "operations": ops })).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) fn kind_name(kind: i8) -> &'static str {
+    match kind {
+        1 => "internal",
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        _ => "unspecified",
+    }
+}

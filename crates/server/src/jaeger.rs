@@ -1,0 +1,164 @@
+//! The Jaeger query API (`/api/...`) with Jaeger's parameters and JSON envelope, so Grafana's
+//! Jaeger data source and Jaeger UI work against Skein unchanged.
+
+use crate::QueryService;
+use crate::api::{QState, blocking, kind_name};
+use crate::error::ApiError;
+use crate::ops::ServerMetrics;
+use crate::params::{self, Params};
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use skein_core::TraceId;
+use std::sync::Arc;
+
+pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/services", get(services))
+        .route(
+            "/api/services/{service}/operations",
+            get(service_operations),
+        )
+        .route("/api/operations", get(operations))
+        .route("/api/traces", get(search))
+        .route("/api/traces/{trace_id}", get(trace))
+        .route("/api/dependencies", get(dependencies))
+        .with_state(QState { query, metrics })
+}
+
+/// Jaeger's envelope: `{data, total, limit, offset, errors}`.
+fn envelope(data: Value, errors: Vec<Value>) -> Value {
+    let total = data.as_array().map(|a| a.len()).unwrap_or(0);
+    json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": if errors.is_empty() { Value::Null } else { Value::Array(errors) }})
+}
+
+fn jaeger_error(e: &ApiError) -> Response {
+    let body = json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": e.code.http_status(), "msg": e.message}]});
+    (e.status(), Json(body)).into_response()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+async fn services(State(st): State<QState>) -> Response {
+    match blocking(&st, "jaeger", |q| q.services()).await {
+        Ok(s) => Json(envelope(json!(s), vec![])).into_response(),
+        Err(e) => jaeger_error(&e),
+    }
+}
+
+async fn service_operations(State(st): State<QState>, Path(service): Path<String>) -> Response {
+    match blocking(&st, "jaeger", move |q| q.operations(&service)).await {
+        Ok(ops) => {
+            let mut names: Vec<String> = ops.into_iter().map(|(n, _)| n).collect();
+            names.dedup();
+            Json(envelope(json!(names), vec![])).into_response()
+        }
+        Err(e) => jaeger_error(&e),
+    }
+}
+
+async fn operations(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
+    let p = Params::parse(raw.as_deref());
+    let Some(service) = p.get("service").map(str::to_string) else {
+        return jaeger_error(&ApiError::bad_request("parameter 'service' is required"));
+    };
+    let kind = match p
+        .get("spanKind")
+        .map(|v| params::span_kind("spanKind", v))
+        .transpose()
+    {
+        Ok(k) => k,
+        Err(e) => return jaeger_error(&e),
+    };
+    match blocking(&st, "jaeger", move |q| q.operations(&service)).await {
+        Ok(ops) => {
+            let data: Vec<Value> = ops
+                .into_iter()
+                .filter(|(_, k)| kind.is_none_or(|want| want == *k))
+                .map(|(name, k)| json!({"name": name, "spanKind": if k == 0 { "" } else { kind_name(k) }}))
+                .collect();
+            Json(envelope(Value::Array(data), vec![])).into_response()
+        }
+        Err(e) => jaeger_error(&e),
+    }
+}
+
+fn parse_jaeger_id(s: &str) -> Result<TraceId, ApiError> {
+    TraceId::from_hex_padded(s)
+        .map_err(|e| ApiError::bad_request(format!("malformed trace id {s:?}: {e}")))
+}
+
+async fn trace(
+    State(st): State<QState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let id = match parse_jaeger_id(&id) {
+        Ok(id) => id,
+        Err(e) => return jaeger_error(&e),
+    };
+    // Skein never adjusts silently: skew adjustment is opt-in (`adjust=skew`), `raw=true` is accepted and is the default.
+    let adjust = Params::parse(raw.as_deref()).get("adjust") == Some("skew");
+    match blocking(&st, "jaeger", move |q| q.jaeger_trace(id, adjust)).await {
+        Ok(Some(t)) => Json(envelope(json!([t]), vec![])).into_response(),
+        Ok(None) => {
+            let body = json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": 404, "msg": "trace not found", "traceID": id.to_hex()}]});
+            (StatusCode::NOT_FOUND, Json(body)).into_response()
+        }
+        Err(e) => jaeger_error(&e),
+    }
+}
+
+async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
+    let p = Params::parse(raw.as_deref());
+    let ids: Vec<&str> = p.all("traceID").collect();
+    if !ids.is_empty() {
+        let mut parsed = Vec::new();
+        for s in ids {
+            match parse_jaeger_id(s) {
+                Ok(id) => parsed.push(id),
+                Err(e) => return jaeger_error(&e),
+            }
+        }
+        let r = blocking(&st, "jaeger", move |q| {
+            let mut found = Vec::new();
+            let mut errors = Vec::new();
+            for id in parsed {
+                match q.jaeger_trace(id, false)? {
+                    Some(t) => found.push(t),
+                    None => errors.push(
+                        json!({"code": 404, "msg": "trace not found", "traceID": id.to_hex()}),
+                    ),
+                }
+            }
+            Ok((found, errors))
+        })
+        .await;
+        return match r {
+            Ok((found, errors)) => Json(envelope(Value::Array(found), errors)).into_response(),
+            Err(e) => jaeger_error(&e),
+        };
+    }
+    let q = match params::jaeger_search(&p, now_ns()) {
+        Ok(q) => q,
+        Err(e) => return jaeger_error(&e),
+    };
+    match blocking(&st, "jaeger", move |qs| qs.jaeger_search(&q)).await {
+        Ok(traces) => Json(envelope(Value::Array(traces), vec![])).into_response(),
+        Err(e) => jaeger_error(&e),
+    }
+}
+
+async fn dependencies() -> Response {
+    // Not built yet: say so plainly rather than answer an empty graph that looks like "no calls".
+    let body = json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": 501, "msg": "the service dependency graph is not implemented yet in this version of Skein"}]});
+    (StatusCode::NOT_IMPLEMENTED, Json(body)).into_response()
+}

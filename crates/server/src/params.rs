@@ -1,0 +1,354 @@
+//! Query-string parsing for the native and the Jaeger API: repeated keys, Go duration
+//! strings, Unix timestamps in ns (native) or µs (Jaeger). Every rejection names the
+//! parameter, the value and what was expected.
+
+use crate::error::ApiError;
+use skein_core::query::SearchParams;
+
+/// Default and maximum number of traces a native search returns.
+pub const NATIVE_DEFAULT_LIMIT: usize = 20;
+/// Jaeger's default search limit.
+pub const JAEGER_DEFAULT_LIMIT: usize = 100;
+/// Upper bound on any search limit.
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Decoded query-string pairs, in order, with repeats.
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    /// Parses a raw query string.
+    pub fn parse(raw: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The last non-empty value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every non-empty value of `key`.
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("parameter {key}={v:?} is not an integer"))
+                })
+            })
+            .transpose()
+    }
+
+    fn limit(&self, default: usize) -> Result<usize, ApiError> {
+        match self.int("limit")? {
+            None | Some(0) => Ok(default),
+            Some(n) if n < 0 => Err(ApiError::bad_request(format!(
+                "parameter limit={n} must be positive"
+            ))),
+            Some(n) => Ok((n as usize).min(MAX_LIMIT)),
+        }
+    }
+}
+
+/// Parses a Go duration string (`300ms`, `1.5h`, `2h45m`, `10us`, `10µs`) into nanoseconds.
+///
+/// # Errors
+/// A message naming the value when it is not a duration.
+pub fn parse_go_duration(s: &str) -> Result<i64, String> {
+    let err = || {
+        format!(
+            "invalid duration {s:?}: expected a Go duration such as \"500us\", \"1.5ms\", \"2s\" or \"1m\""
+        )
+    };
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Ok(0);
+    }
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if num_end == 0 {
+            return Err(err());
+        }
+        let n: f64 = rest[..num_end].parse().map_err(|_| err())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(err()),
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    if total > i64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(if neg { -(total as i64) } else { total as i64 })
+}
+
+/// A duration in native parameters: a Go duration, or a bare integer of nanoseconds.
+fn native_duration(key: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(n) = v.parse::<i64>() {
+        return Ok(n);
+    }
+    parse_go_duration(v).map_err(|e| ApiError::bad_request(format!("parameter {key}: {e}")))
+}
+
+fn check_durations(
+    min: Option<i64>,
+    max: Option<i64>,
+    names: (&str, &str),
+) -> Result<(), ApiError> {
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if hi < lo {
+            return Err(ApiError::bad_request(format!(
+                "{} must not be smaller than {}",
+                names.1, names.0
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn status_code(v: &str) -> Result<i8, ApiError> {
+    match v.to_ascii_lowercase().as_str() {
+        "unset" => Ok(0),
+        "ok" => Ok(1),
+        "error" => Ok(2),
+        _ => Err(ApiError::bad_request(format!(
+            "parameter status={v:?}: expected ok, error or unset"
+        ))),
+    }
+}
+
+/// Span kind by lowercase name.
+pub fn span_kind(key: &str, v: &str) -> Result<i8, ApiError> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "unspecified" => 0,
+        "internal" => 1,
+        "server" => 2,
+        "client" => 3,
+        "producer" => 4,
+        "consumer" => 5,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "parameter {key}={v:?}: expected server, client, producer, consumer or internal"
+            )));
+        }
+    })
+}
+
+/// Native search: `service`, `operation`, `span_kind`, `node`, `min_duration`, `max_duration`,
+/// `status`, `attr.KEY=VALUE`, `start`, `end` (Unix ns), `limit`.
+pub fn native_search(p: &Params) -> Result<SearchParams, ApiError> {
+    let min = p
+        .get("min_duration")
+        .map(|v| native_duration("min_duration", v))
+        .transpose()?;
+    let max = p
+        .get("max_duration")
+        .map(|v| native_duration("max_duration", v))
+        .transpose()?;
+    check_durations(min, max, ("min_duration", "max_duration"))?;
+    let known = [
+        "service",
+        "operation",
+        "span_kind",
+        "node",
+        "min_duration",
+        "max_duration",
+        "status",
+        "start",
+        "end",
+        "limit",
+    ];
+    let mut attributes = Vec::new();
+    for (k, v) in &p.0 {
+        if let Some(attr) = k.strip_prefix("attr.") {
+            attributes.push((attr.to_string(), v.clone()));
+        } else if !known.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {k:?}: expected one of {}, or attr.KEY=VALUE",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(SearchParams {
+        service: p.get("service").map(str::to_string),
+        operation: p.get("operation").map(str::to_string),
+        span_kind: p
+            .get("span_kind")
+            .map(|v| span_kind("span_kind", v))
+            .transpose()?,
+        node: p.get("node").map(str::to_string),
+        min_duration_ns: min,
+        max_duration_ns: max,
+        status: p.get("status").map(status_code).transpose()?,
+        attributes,
+        start_ns: p.int("start")?,
+        end_ns: p.int("end")?,
+        limit: p.limit(NATIVE_DEFAULT_LIMIT)?,
+    })
+}
+
+/// Jaeger search: `service`, `operation`, `tag=k:v` (repeatable), `tags={json}`, `start`/`end`
+/// (Unix µs; default the last 48 hours), `minDuration`/`maxDuration` (Go durations), `limit`.
+pub fn jaeger_search(p: &Params, now_ns: i64) -> Result<SearchParams, ApiError> {
+    let service = p.get("service").map(str::to_string);
+    if service.is_none() {
+        return Err(ApiError::bad_request("parameter 'service' is required"));
+    }
+    let mut attributes = Vec::new();
+    for t in p.all("tag") {
+        let (k, v) = t.split_once(':').ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "malformed 'tag' parameter {t:?}, expected 'key:value'"
+            ))
+        })?;
+        attributes.push((k.to_string(), v.to_string()));
+    }
+    for t in p.all("tags") {
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(t)
+            .map_err(|e| ApiError::bad_request(format!("malformed 'tags' parameter {t:?}: {e}")))?;
+        for (k, v) in obj {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            attributes.push((k, v));
+        }
+    }
+    let dur = |key: &str| {
+        p.get(key)
+            .map(|v| {
+                parse_go_duration(v)
+                    .map_err(|e| ApiError::bad_request(format!("cannot parse {key}: {e}")))
+            })
+            .transpose()
+    };
+    let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
+    check_durations(min, max, ("minDuration", "maxDuration"))?;
+    let micros = |key: &str| p.int(key).map(|o| o.map(|us| us.saturating_mul(1_000)));
+    let end = micros("end")?.unwrap_or(now_ns);
+    let start = micros("start")?.unwrap_or(end - 48 * 3600 * 1_000_000_000);
+    Ok(SearchParams {
+        service,
+        operation: p.get("operation").map(str::to_string),
+        span_kind: p
+            .get("spanKind")
+            .map(|v| span_kind("spanKind", v))
+            .transpose()?,
+        node: None,
+        min_duration_ns: min,
+        max_duration_ns: max,
+        status: None,
+        attributes,
+        start_ns: Some(start),
+        end_ns: Some(end),
+        limit: p.limit(JAEGER_DEFAULT_LIMIT)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("500us"), Ok(500_000));
+        assert_eq!(parse_go_duration("1.5ms"), Ok(1_500_000));
+        assert_eq!(
+            parse_go_duration("2h45m"),
+            Ok((2 * 3600 + 45 * 60) * 1_000_000_000)
+        );
+        assert_eq!(parse_go_duration("10µs"), Ok(10_000));
+        assert_eq!(parse_go_duration("0"), Ok(0));
+        assert!(parse_go_duration("1d").is_err());
+        assert!(parse_go_duration("ms").is_err());
+        assert!(parse_go_duration("").is_err());
+    }
+
+    #[test]
+    fn jaeger_params() {
+        let p = Params::parse(Some(
+            "service=api&tag=http.route:/cart&tag=error:true&tags=%7B%22a%22%3A1%7D&minDuration=1ms&start=1000&end=2000&limit=5",
+        ));
+        let q = jaeger_search(&p, 0).unwrap();
+        assert_eq!(q.service.as_deref(), Some("api"));
+        assert_eq!(
+            q.attributes,
+            vec![
+                ("http.route".into(), "/cart".into()),
+                ("error".into(), "true".into()),
+                ("a".into(), "1".into())
+            ]
+        );
+        assert_eq!(
+            (q.start_ns, q.end_ns, q.limit, q.min_duration_ns),
+            (Some(1_000_000), Some(2_000_000), 5, Some(1_000_000))
+        );
+        let e = jaeger_search(
+            &Params::parse(Some("service=a&minDuration=2s&maxDuration=1s")),
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(e.code.http_status(), 400);
+        assert!(
+            jaeger_search(&Params::parse(Some("operation=x")), 0)
+                .unwrap_err()
+                .message
+                .contains("service")
+        );
+        assert!(
+            jaeger_search(&Params::parse(Some("service=a&tag=nocolon")), 0)
+                .unwrap_err()
+                .message
+                .contains("tag")
+        );
+    }
+
+    #[test]
+    fn native_params() {
+        let q = native_search(&Params::parse(Some(
+            "service=api&min_duration=1s&attr.http.route=/cart&status=error",
+        )))
+        .unwrap();
+        assert_eq!(q.min_duration_ns, Some(1_000_000_000));
+        assert_eq!(q.attributes, vec![("http.route".into(), "/cart".into())]);
+        assert_eq!((q.status, q.limit), (Some(2), NATIVE_DEFAULT_LIMIT));
+        assert!(
+            native_search(&Params::parse(Some("servce=api")))
+                .unwrap_err()
+                .message
+                .contains("servce")
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The head: recent spans as Arrow record batches, queryable the moment they are acked.
+//!
+//! Batches are append-only and never move, so a location (batch, row) stays valid; a hash
+//! index from trace id to its locations makes trace-by-id independent of the head's size.
+//! Duplicate spans (same trace and span id, as retries deliver them) are dropped on insert,
+//! so every reader sees each span once.
+
+use arrow::array::{BooleanArray, RecordBatch};
+use parking_lot::RwLock;
+use skein_columnar::SpanRecord;
+use skein_columnar::spans::SpanView;
+use skein_core::TraceId;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+/// Hasher for random 128-bit trace ids: they are already uniformly distributed, so folding
+/// the two halves is as good as SipHash and much cheaper.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(b))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = ((v as u64) ^ ((v >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u128, V, BuildHasherDefault<IdHasher>>;
+
+/// Where one span lives in the head.
+#[derive(Debug, Clone, Copy)]
+struct Loc {
+    batch: u32,
+    row: u32,
+    span_id: u64,
+}
+
+/// Bytes the index costs per span and per trace (an estimate for the memory limit).
+const INDEX_BYTES_PER_SPAN: usize = 16;
+const INDEX_BYTES_PER_TRACE: usize = 64;
+
+#[derive(Default)]
+struct Inner {
+    batches: Vec<Arc<RecordBatch>>,
+    index: IdMap<Vec<Loc>>,
+    rows: usize,
+    batch_bytes: usize,
+    duplicates: u64,
+    /// service → (operation, kind)
+    operations: BTreeMap<String, BTreeSet<(String, i8)>>,
+}
+
+/// Counters describing the head.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeadStats {
+    /// Spans held.
+    pub rows: usize,
+    /// Distinct traces held.
+    pub traces: usize,
+    /// Record batches held.
+    pub batches: usize,
+    /// Estimated memory in bytes (Arrow buffers plus the index).
+    pub bytes: usize,
+    /// Duplicate spans dropped on insert since start.
+    pub duplicates: u64,
+}
+
+/// The in-memory head of the `spans` table.
+#[derive(Default)]
+pub struct Head {
+    inner: RwLock<Inner>,
+}
+
+fn key(t: &[u8; 16]) -> u128 {
+    u128::from_be_bytes(*t)
+}
+
+impl Head {
+    /// An empty head.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a batch of the `spans` schema, dropping spans already present. Returns the number
+    /// of spans added.
+    ///
+    /// # Errors
+    /// Only if filtering out duplicates fails, which cannot happen for a well-formed batch.
+    pub fn insert(&self, batch: RecordBatch) -> Result<usize, arrow::error::ArrowError> {
+        if batch.num_rows() == 0 {
+            return Ok(0);
+        }
+        let mut inner = self.inner.write();
+        let batch = {
+            let view = SpanView::new(&batch);
+            let mut seen_here: HashSet<(u128, u64), BuildHasherDefault<IdHasher>> =
+                HashSet::default();
+            let keep: Vec<bool> = (0..view.len())
+                .map(|r| {
+                    let t = key(&view.trace_id(r));
+                    let s = u64::from_be_bytes(view.span_id(r));
+                    let old = inner
+                        .index
+                        .get(&t)
+                        .is_some_and(|locs| locs.iter().any(|l| l.span_id == s));
+                    !old && seen_here.insert((t, s))
+                })
+                .collect();
+            let dups = keep.iter().filter(|k| !**k).count();
+            if dups == 0 {
+                batch
+            } else {
+                inner.duplicates += dups as u64;
+                if dups == keep.len() {
+                    return Ok(0);
+                }
+                arrow::compute::filter_record_batch(&batch, &BooleanArray::from(keep))?
+            }
+        };
+        let b = inner.batches.len() as u32;
+        let view = SpanView::new(&batch);
+        let mut combos: HashSet<(i32, i32, i8)> = HashSet::new();
+        for r in 0..view.len() {
+            let loc = Loc {
+                batch: b,
+                row: r as u32,
+                span_id: u64::from_be_bytes(view.span_id(r)),
+            };
+            inner
+                .index
+                .entry(key(&view.trace_id(r)))
+                .or_default()
+                .push(loc);
+            combos.insert((view.service.key(r), view.name.key(r), view.kind(r)));
+        }
+        for (s, n, k) in combos {
+            let service = view.service.dictionary().value(s as usize);
+            let name = view.name.dictionary().value(n as usize);
+            let ops = match inner.operations.get_mut(service) {
+                Some(ops) => ops,
+                None => inner.operations.entry(service.to_string()).or_default(),
+            };
+            if !ops.contains(&(name.to_string(), k)) {
+                ops.insert((name.to_string(), k));
+            }
+        }
+        inner.rows += view.len();
+        inner.batch_bytes += batch.get_array_memory_size();
+        let added = view.len();
+        inner.batches.push(Arc::new(batch));
+        Ok(added)
+    }
+
+    /// Every span of a trace, in insertion order.
+    pub fn trace(&self, id: &TraceId) -> Vec<SpanRecord> {
+        let inner = self.inner.read();
+        let Some(locs) = inner.index.get(&key(&id.0)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut i = 0;
+        while i < locs.len() {
+            // Consecutive locations usually share a batch: build its view once.
+            let b = locs[i].batch;
+            let view = SpanView::new(&inner.batches[b as usize]);
+            while i < locs.len() && locs[i].batch == b {
+                out.push(view.record(locs[i].row as usize));
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Whether the head holds any span of the trace.
+    pub fn contains(&self, id: &TraceId) -> bool {
+        self.inner.read().index.contains_key(&key(&id.0))
+    }
+
+    /// The batches held now, newest last. Cheap (reference-counted); later inserts are not
+    /// visible in the returned list.
+    pub fn snapshot(&self) -> Vec<Arc<RecordBatch>> {
+        self.inner.read().batches.clone()
+    }
+
+    /// Service names seen, sorted.
+    pub fn services(&self) -> Vec<String> {
+        self.inner.read().operations.keys().cloned().collect()
+    }
+
+    /// (operation, span kind) pairs of a service, sorted.
+    pub fn operations(&self, service: &str) -> Vec<(String, i8)> {
+        self.inner
+            .read()
+            .operations
+            .get(service)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Size and content counters.
+    pub fn stats(&self) -> HeadStats {
+        let inner = self.inner.read();
+        HeadStats {
+            rows: inner.rows,
+            traces: inner.index.len(),
+            batches: inner.batches.len(),
+            bytes: inner.batch_bytes
+                + inner.rows * INDEX_BYTES_PER_SPAN
+                + inner.index.len() * INDEX_BYTES_PER_TRACE,
+            duplicates: inner.duplicates,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_otlp::ExportTraceServiceRequest;
+    use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn req(spans: &[(u8, u8)]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: spans
+                        .iter()
+                        .map(|(t, s)| Span {
+                            trace_id: vec![*t; 16],
+                            span_id: vec![*s; 8],
+                            name: format!("op{s}"),
+                            start_time_unix_nano: 1,
+                            end_time_unix_nano: 2,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn dedups_and_indexes() {
+        let h = Head::new();
+        assert_eq!(
+            h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 2), (2, 1)])).unwrap())
+                .unwrap(),
+            3
+        );
+        // retry of the same spans plus one new one, with a duplicate inside the batch itself
+        assert_eq!(
+            h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 3), (1, 3)])).unwrap())
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            h.insert(skein_columnar::spans::build(&req(&[(2, 1)])).unwrap())
+                .unwrap(),
+            0
+        );
+        let t = h.trace(&TraceId([1; 16]));
+        let mut names: Vec<_> = t.iter().map(|s| s.name.clone()).collect();
+        names.sort();
+        assert_eq!(names, ["op1", "op2", "op3"]);
+        let st = h.stats();
+        assert_eq!((st.rows, st.traces, st.duplicates), (4, 2, 3));
+        assert_eq!(h.services(), ["unknown_service"]);
+        assert_eq!(h.operations("unknown_service").len(), 3);
+        assert!(h.trace(&TraceId([3; 16])).is_empty());
+    }
+}

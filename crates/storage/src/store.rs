@@ -1,0 +1,271 @@
+//! [`Store`]: the WAL and the head behind one ingest call, plus replay on open.
+
+use crate::error::{Error, Result};
+use crate::head::Head;
+use prost::Message;
+use skein_core::metrics::{self, Counter, Histogram};
+use skein_otlp::{ExportTraceServiceRequest, Limits, validate_traces};
+use skein_wal::{ReplayReport, Wal, WalOptions};
+use std::path::Path;
+use std::time::Instant;
+
+/// WAL record kind: an `ExportTraceServiceRequest` in protobuf, after validation.
+const RECORD_TRACES: u8 = 1;
+
+/// Configuration of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Past this estimated size the head refuses ingest with `ResourceExhausted`.
+    pub memory_limit: u64,
+    /// Limits applied to incoming spans.
+    pub limits: Limits,
+    /// WAL options.
+    pub wal: WalOptions,
+}
+
+/// What an accepted request amounted to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Spans stored (including duplicates of spans already stored, which are dropped silently).
+    pub accepted: usize,
+    /// Spans rejected as invalid.
+    pub rejected: usize,
+    /// Why spans were rejected; empty when none were.
+    pub message: String,
+}
+
+#[derive(Default)]
+struct StoreMetrics {
+    spans_accepted: Counter,
+    rejected: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    attributes_dropped: Counter,
+    values_truncated: Counter,
+    requests_refused_full: Counter,
+    build_seconds: Histogram,
+}
+
+/// The WAL and the head of one collector.
+pub struct Store {
+    wal: Wal,
+    head: Head,
+    cfg: StoreConfig,
+    metrics: StoreMetrics,
+}
+
+impl Store {
+    /// Opens the WAL under `dir/wal`, replays it into a new head, and returns the store with
+    /// the replay report (corrupt tails are reported there and in the log).
+    ///
+    /// # Errors
+    /// I/O errors opening the WAL, or a record that passed its checksum but does not decode.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(Self, ReplayReport)> {
+        let head = Head::new();
+        let mut replay_err = None;
+        let (wal, report) = Wal::open(&dir.join("wal"), cfg.wal.clone(), |lsn, payload| {
+            let r = replay_record(&head, payload).map_err(|message| Error::Replay {
+                segment: lsn.segment,
+                offset: lsn.offset,
+                message,
+            });
+            if let Err(e) = &r {
+                replay_err = Some(e.to_string());
+            }
+            r.map_err(|e| e.to_string())
+        })
+        .map_err(|e| match replay_err.take() {
+            Some(m) => Error::Invalid(m),
+            None => Error::Wal(e),
+        })?;
+        Ok((
+            Self {
+                wal,
+                head,
+                cfg,
+                metrics: StoreMetrics::default(),
+            },
+            report,
+        ))
+    }
+
+    /// Validates, logs and stores a trace export. Returns once the spans are durable and
+    /// queryable.
+    ///
+    /// # Errors
+    /// `Invalid` when every span was rejected, `HeadFull` past the memory limit, `Wal` when the
+    /// log could not be written (nothing is acknowledged then).
+    pub async fn ingest_traces(&self, mut req: ExportTraceServiceRequest) -> Result<IngestOutcome> {
+        let v = validate_traces(&mut req, &self.cfg.limits);
+        self.metrics.attributes_dropped.add(v.attributes_dropped);
+        self.metrics.values_truncated.add(v.values_truncated);
+        if v.rejected > 0 {
+            let mut r = self.metrics.rejected.lock();
+            for (reason, n) in &v.rejected_by_reason {
+                *r.entry(reason).or_default() += n;
+            }
+        }
+        if v.accepted == 0 {
+            if v.rejected > 0 {
+                return Err(Error::Invalid(v.message()));
+            }
+            return Ok(IngestOutcome::default());
+        }
+        let used = self.head.stats().bytes as u64;
+        if used >= self.cfg.memory_limit {
+            self.metrics.requests_refused_full.inc();
+            return Err(Error::HeadFull {
+                used,
+                limit: self.cfg.memory_limit,
+            });
+        }
+        let t = Instant::now();
+        let batch = skein_columnar::spans::build(&req)?;
+        let mut payload = Vec::with_capacity(req.encoded_len() + 1);
+        payload.push(RECORD_TRACES);
+        // Encoding into a Vec with enough capacity cannot fail.
+        let _ = req.encode(&mut payload);
+        self.metrics.build_seconds.observe(t.elapsed());
+        self.wal.append(payload).await?;
+        self.head.insert(batch)?;
+        self.metrics.spans_accepted.add(v.accepted as u64);
+        Ok(IngestOutcome {
+            accepted: v.accepted,
+            rejected: v.rejected,
+            message: v.message(),
+        })
+    }
+
+    /// The head, for queries.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Stops the WAL writer after the queued appends.
+    pub fn close(&self) {
+        self.wal.close();
+    }
+
+    /// Prometheus text for the store, the head and the WAL.
+    pub fn render_metrics(&self, out: &mut String) {
+        let m = &self.metrics;
+        metrics::header(
+            out,
+            "skein_spans_accepted_total",
+            "counter",
+            "Spans accepted and stored.",
+        );
+        metrics::sample(
+            out,
+            "skein_spans_accepted_total",
+            "",
+            m.spans_accepted.get(),
+        );
+        metrics::header(
+            out,
+            "skein_spans_rejected_total",
+            "counter",
+            "Spans rejected, by reason.",
+        );
+        for (reason, n) in m.rejected.lock().iter() {
+            metrics::sample(
+                out,
+                "skein_spans_rejected_total",
+                &format!("reason=\"{reason}\""),
+                n,
+            );
+        }
+        metrics::header(
+            out,
+            "skein_attributes_dropped_total",
+            "counter",
+            "Attributes dropped by the per-span attribute limit.",
+        );
+        metrics::sample(
+            out,
+            "skein_attributes_dropped_total",
+            "",
+            m.attributes_dropped.get(),
+        );
+        metrics::header(
+            out,
+            "skein_attribute_values_truncated_total",
+            "counter",
+            "Attribute values truncated by the value length limit.",
+        );
+        metrics::sample(
+            out,
+            "skein_attribute_values_truncated_total",
+            "",
+            m.values_truncated.get(),
+        );
+        metrics::header(
+            out,
+            "skein_ingest_refused_head_full_total",
+            "counter",
+            "Requests refused because the head was at its memory limit.",
+        );
+        metrics::sample(
+            out,
+            "skein_ingest_refused_head_full_total",
+            "",
+            m.requests_refused_full.get(),
+        );
+        metrics::header(
+            out,
+            "skein_ingest_build_duration_seconds",
+            "histogram",
+            "Time to build the Arrow batch and WAL record of a request.",
+        );
+        m.build_seconds
+            .render(out, "skein_ingest_build_duration_seconds", "");
+        let h = self.head.stats();
+        metrics::header(out, "skein_head_rows", "gauge", "Spans in the head.");
+        metrics::sample(out, "skein_head_rows", "", h.rows);
+        metrics::header(
+            out,
+            "skein_head_traces",
+            "gauge",
+            "Distinct traces in the head.",
+        );
+        metrics::sample(out, "skein_head_traces", "", h.traces);
+        metrics::header(
+            out,
+            "skein_head_bytes",
+            "gauge",
+            "Estimated memory of the head in bytes.",
+        );
+        metrics::sample(out, "skein_head_bytes", "", h.bytes);
+        metrics::header(
+            out,
+            "skein_head_memory_limit_bytes",
+            "gauge",
+            "Configured head memory limit.",
+        );
+        metrics::sample(
+            out,
+            "skein_head_memory_limit_bytes",
+            "",
+            self.cfg.memory_limit,
+        );
+        metrics::header(
+            out,
+            "skein_head_duplicate_spans_total",
+            "counter",
+            "Duplicate spans (retries) dropped on insert.",
+        );
+        metrics::sample(out, "skein_head_duplicate_spans_total", "", h.duplicates);
+        self.wal.render_metrics(out);
+    }
+}
+
+fn replay_record(head: &Head, payload: &[u8]) -> std::result::Result<(), String> {
+    match payload.split_first() {
+        Some((&RECORD_TRACES, body)) => {
+            let req = ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())?;
+            let batch = skein_columnar::spans::build(&req).map_err(|e| e.to_string())?;
+            head.insert(batch).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Some((kind, _)) => Err(format!("unknown record kind {kind}")),
+        None => Err("empty record".into()),
+    }
+}
