@@ -1,1 +1,204 @@
-fn main() {}
+//! `skein-collector`: parses the command line, loads configuration, binds the listeners,
+//! replays the WAL, serves, and shuts down on SIGINT/SIGTERM. Logic lives in `crates/`.
+
+mod config;
+mod demo;
+mod handlers;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::{CollectorConfig, WalSync};
+use handlers::Collector;
+use skein_server::ServerMetrics;
+use skein_storage::{Store, StoreConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Skein trace collector: OTLP in, durable WAL, Arrow head, trace queries and the Jaeger API out.
+#[derive(Parser, Debug)]
+#[command(name = "skein-collector", version)]
+struct Cli {
+    /// TOML configuration file (see config/collector.example.toml).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set head.memory_limit=2GiB` (repeatable; wins over file and env).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    /// Data directory (same as `--set data_dir=DIR`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Also run three simulated nodes sending realistic traces, so there is data to look at.
+    #[arg(long)]
+    demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the collector (the default).
+    Run,
+    /// Load and validate the configuration, then exit.
+    CheckConfig,
+    /// Print the default configuration as TOML.
+    PrintDefaultConfig,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
+    let mut cfg: CollectorConfig = skein_core::config::load(cli.config.as_deref(), std::env::vars(), "SKEIN_", &cli.set)?;
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("query.addr", &cfg.query.addr)] {
+        addr.parse::<SocketAddr>().map_err(|e| anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"0.0.0.0:4317\""))?;
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skein-collector: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::PrintDefaultConfig) => {
+            print!("{}", toml::to_string(&CollectorConfig::default()).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig) => {
+            println!("configuration is valid");
+            std::process::ExitCode::SUCCESS
+        }
+        Some(Command::Run) | None => {
+            init_logging(&cfg.log.level);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("skein-collector: cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg, cli.demo)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {key} = {addr}"))
+}
+
+/// Writes `listen.json` with the bound addresses (atomically), so tools and tests that asked
+/// for port 0 learn the real ports.
+fn write_listen_file(dir: &Path, grpc: SocketAddr, http: SocketAddr, query: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({"otlp_grpc": grpc.to_string(), "otlp_http": http.to_string(), "query": query.to_string()});
+    let tmp = dir.join("listen.json.tmp");
+    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("listen.json")).with_context(|| format!("writing {}/listen.json", dir.display()))?;
+    Ok(())
+}
+
+async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let grpc_l = bind("otlp.grpc_addr", &cfg.otlp.grpc_addr).await?;
+    let http_l = bind("otlp.http_addr", &cfg.otlp.http_addr).await?;
+    let query_l = bind("query.addr", &cfg.query.addr).await?;
+    let (grpc_addr, http_addr, query_addr) = (grpc_l.local_addr()?, http_l.local_addr()?, query_l.local_addr()?);
+    tracing::warn!("no authentication configured: running open and single-tenant");
+
+    let collector = Arc::new(Collector::new(&cfg));
+    let metrics = Arc::new(ServerMetrics::default());
+    let max_body = cfg.otlp.max_body_size.bytes() as usize;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(skein_server::grpc_trace_service(collector.clone(), max_body, Arc::clone(&metrics)))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(shutdown_rx.clone()));
+    let http = axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), max_body, Arc::clone(&metrics))).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics))).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let query = tokio::spawn(async move { query.await });
+    write_listen_file(&cfg.data_dir, grpc_addr, http_addr, query_addr)?;
+    tracing::info!(otlp_grpc = %grpc_addr, otlp_http = %http_addr, query = %query_addr, data_dir = %cfg.data_dir.display(), "listening");
+
+    let store_cfg = StoreConfig {
+        memory_limit: cfg.head.memory_limit.bytes(),
+        limits: skein_otlp::Limits { max_attributes_per_span: cfg.otlp.max_attributes_per_span, max_attribute_value_len: cfg.otlp.max_attribute_value_len },
+        wal: skein_wal::WalOptions {
+            segment_size: cfg.wal.segment_size.bytes(),
+            sync: match cfg.wal.sync {
+                WalSync::Always => skein_wal::SyncPolicy::Always,
+                WalSync::Never => skein_wal::SyncPolicy::Never,
+            },
+            ..Default::default()
+        },
+    };
+    let dir = cfg.data_dir.clone();
+    let started = std::time::Instant::now();
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, store_cfg)).await?;
+    match opened {
+        Ok((store, report)) => {
+            tracing::info!(records = report.records, bytes = report.bytes, segments = report.segments, corruptions = report.corruptions.len(), spans = store.head().stats().rows, elapsed_ms = started.elapsed().as_millis() as u64, "write-ahead log replayed; ready");
+            collector.set_store(Arc::new(store));
+        }
+        Err(e) => {
+            collector.set_failed(e.to_string());
+            let _ = shutdown_tx.send(true);
+            return Err(anyhow::anyhow!(e).context("opening the store"));
+        }
+    }
+
+    let demo_task = demo.then(|| tokio::spawn(demo::run(grpc_addr, shutdown_rx.clone())));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::join!(grpc, http, query);
+    if let Some(t) = demo_task {
+        let _ = t.await;
+    }
+    if let Some(store) = collector.store() {
+        store.close();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

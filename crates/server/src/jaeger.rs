@@ -96,18 +96,14 @@ fn parse_jaeger_id(s: &str) -> Result<TraceId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("malformed trace id {s:?}: {e}")))
 }
 
-async fn trace(
-    State(st): State<QState>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Response {
+/// `raw=true` is accepted and ignored: Skein's Jaeger answers are always raw (see
+/// `QueryService::jaeger_trace`).
+async fn trace(State(st): State<QState>, Path(id): Path<String>) -> Response {
     let id = match parse_jaeger_id(&id) {
         Ok(id) => id,
         Err(e) => return jaeger_error(&e),
     };
-    // Skein never adjusts silently: skew adjustment is opt-in (`adjust=skew`), `raw=true` is accepted and is the default.
-    let adjust = Params::parse(raw.as_deref()).get("adjust") == Some("skew");
-    match blocking(&st, "jaeger", move |q| q.jaeger_trace(id, adjust)).await {
+    match blocking(&st, "jaeger", move |q| q.jaeger_trace(id)).await {
         Ok(Some(t)) => Json(envelope(json!([t]), vec![])).into_response(),
         Ok(None) => {
             let body = json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": 404, "msg": "trace not found", "traceID": id.to_hex()}]});
@@ -132,7 +128,7 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
             let mut found = Vec::new();
             let mut errors = Vec::new();
             for id in parsed {
-                match q.jaeger_trace(id, false)? {
+                match q.jaeger_trace(id)? {
                     Some(t) => found.push(t),
                     None => errors.push(
                         json!({"code": 404, "msg": "trace not found", "traceID": id.to_hex()}),

@@ -73,12 +73,13 @@ pub trait QueryService: Send + Sync + 'static {
     /// # Errors
     /// Engine failures.
     fn operations(&self, service: &str) -> Result<Vec<(String, i8)>, ApiError>;
-    /// One trace in Jaeger's JSON shape, `None` if unknown; `adjust_skew` applies the clock-skew
-    /// adjuster (Jaeger's default unless `raw=true`).
+    /// One trace in Jaeger's JSON shape, `None` if unknown. Times are as the nodes reported
+    /// them: Skein never adjusts clock skew silently (the native API's `?adjust=skew` does, with
+    /// a warning on every moved span), so Jaeger's `raw=true` is always in effect.
     ///
     /// # Errors
     /// Engine failures.
-    fn jaeger_trace(&self, id: TraceId, adjust_skew: bool) -> Result<Option<Value>, ApiError>;
+    fn jaeger_trace(&self, id: TraceId) -> Result<Option<Value>, ApiError>;
     /// Full traces matching `q` in Jaeger's JSON shape, newest first.
     ///
     /// # Errors

@@ -50,7 +50,7 @@ impl QueryService for FakeQuery {
     fn operations(&self, _: &str) -> Result<Vec<(String, i8)>, ApiError> {
         Ok(vec![("GET /".into(), 2), ("SELECT".into(), 3)])
     }
-    fn jaeger_trace(&self, id: TraceId, _: bool) -> Result<Option<Value>, ApiError> {
+    fn jaeger_trace(&self, id: TraceId) -> Result<Option<Value>, ApiError> {
         Ok((id.0[15] == 1).then(|| serde_json::json!({"traceID": id.to_hex()})))
     }
     fn jaeger_search(&self, _: &SearchParams) -> Result<Vec<Value>, ApiError> {

@@ -269,3 +269,53 @@ fn replay_record(head: &Head, payload: &[u8]) -> std::result::Result<(), String>
         None => Err("empty record".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_core::TraceId;
+    use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn cfg(limit: u64) -> StoreConfig {
+        StoreConfig { memory_limit: limit, limits: Limits::default(), wal: WalOptions::default() }
+    }
+
+    fn req(t: u8, ids: &[u8], bad: usize) -> ExportTraceServiceRequest {
+        let mut spans: Vec<Span> = ids.iter().map(|s| Span { trace_id: vec![t; 16], span_id: vec![*s; 8], name: "op".into(), start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() }).collect();
+        spans.extend((0..bad).map(|_| Span { trace_id: vec![t; 5], span_id: vec![9; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() }));
+        ExportTraceServiceRequest { resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }] }
+    }
+
+    #[tokio::test]
+    async fn acked_spans_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+            let o = s.ingest_traces(req(1, &[1, 2, 3], 1)).await.unwrap();
+            assert_eq!((o.accepted, o.rejected), (3, 1));
+            assert!(o.message.contains("trace id must be 16 bytes"), "{}", o.message);
+            s.ingest_traces(req(1, &[3, 4], 0)).await.unwrap();
+            assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 4);
+            s.close();
+        }
+        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+        assert_eq!(report.records, 2);
+        assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 4);
+        let mut text = String::new();
+        s.render_metrics(&mut text);
+        assert!(text.contains("skein_head_rows 4"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn all_invalid_is_an_error_and_full_head_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(dir.path(), cfg(1)).unwrap();
+        let e = s.ingest_traces(req(1, &[], 2)).await.unwrap_err();
+        assert_eq!(e.code(), skein_core::ErrorCode::BadRequest);
+        // the first request fits (the head was empty), the second finds it over the 1-byte limit
+        s.ingest_traces(req(1, &[1], 0)).await.unwrap();
+        let e = s.ingest_traces(req(2, &[1], 0)).await.unwrap_err();
+        assert_eq!(e.code(), skein_core::ErrorCode::ResourceExhausted);
+        assert!(s.head().trace(&TraceId([2; 16])).is_empty());
+    }
+}

@@ -1,0 +1,125 @@
+//! The server's handler traits implemented over the store and the query engine.
+
+use crate::config::CollectorConfig;
+use serde_json::Value;
+use skein_core::query::{SearchParams, TraceOptions};
+use skein_core::{ErrorCode, TraceId};
+use skein_otlp::ExportTraceServiceRequest;
+use skein_query::assemble::{AssembleOptions, assemble};
+use skein_server::{ApiError, BoxFuture, ExportOutcome, Ops, QueryService, TraceIngest};
+use skein_storage::Store;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How long a client is told to wait when the head is full.
+const HEAD_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The collector's engine behind the HTTP and gRPC front.
+pub struct Collector {
+    store: OnceLock<Arc<Store>>,
+    failed: OnceLock<String>,
+    max_skew_ns: i64,
+}
+
+impl Collector {
+    pub fn new(cfg: &CollectorConfig) -> Self {
+        Self { store: OnceLock::new(), failed: OnceLock::new(), max_skew_ns: cfg.query.max_clock_skew_adjustment.0.as_nanos() as i64 }
+    }
+
+    /// Marks the store as opened (WAL replayed): from now on the collector is ready.
+    pub fn set_store(&self, store: Arc<Store>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Records that opening the store failed, so /readyz says why.
+    pub fn set_failed(&self, why: String) {
+        let _ = self.failed.set(why);
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.get()
+    }
+
+    fn ready_store(&self) -> Result<&Arc<Store>, ApiError> {
+        self.store.get().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "collector is starting: replaying the write-ahead log").with_retry_after(Duration::from_secs(1)))
+    }
+}
+
+fn api_error(e: skein_storage::Error) -> ApiError {
+    let code = e.code();
+    let err = ApiError::new(code, e.to_string());
+    match code {
+        ErrorCode::ResourceExhausted => err.with_retry_after(HEAD_FULL_RETRY_AFTER),
+        ErrorCode::Unavailable => err.with_retry_after(Duration::from_secs(1)),
+        _ => err,
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding answer: {e}")))
+}
+
+impl TraceIngest for Collector {
+    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async move {
+            let store = self.ready_store()?;
+            let o = store.ingest_traces(req).await.map_err(api_error)?;
+            Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
+        })
+    }
+}
+
+impl QueryService for Collector {
+    fn trace(&self, id: TraceId, opts: TraceOptions) -> Result<Option<Value>, ApiError> {
+        let spans = self.ready_store()?.head().trace(&id);
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        let t = assemble(id, spans, &AssembleOptions { adjust_skew: opts.adjust_skew, max_skew_adjustment_ns: self.max_skew_ns });
+        to_json(&t).map(Some)
+    }
+
+    fn search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
+        let head = self.ready_store()?.head();
+        let ids = skein_query::search::matching_traces(&head.snapshot(), q);
+        let mut out: Vec<_> = ids.into_iter().map(|id| skein_query::summary::summarize(id, &head.trace(&id))).collect();
+        out.sort_by(|a, b| b.start_time_unix_nano.cmp(&a.start_time_unix_nano));
+        out.iter().map(to_json).collect()
+    }
+
+    fn services(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self.ready_store()?.head().services())
+    }
+
+    fn operations(&self, service: &str) -> Result<Vec<(String, i8)>, ApiError> {
+        Ok(self.ready_store()?.head().operations(service))
+    }
+
+    fn jaeger_trace(&self, id: TraceId) -> Result<Option<Value>, ApiError> {
+        let spans = self.ready_store()?.head().trace(&id);
+        Ok((!spans.is_empty()).then(|| skein_query::jaeger::to_jaeger(id, &spans)))
+    }
+
+    fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
+        let head = self.ready_store()?.head();
+        let ids = skein_query::search::matching_traces(&head.snapshot(), q);
+        Ok(ids.into_iter().map(|id| skein_query::jaeger::to_jaeger(id, &head.trace(&id))).collect())
+    }
+}
+
+impl Ops for Collector {
+    fn ready(&self) -> Result<(), String> {
+        if let Some(why) = self.failed.get() {
+            return Err(format!("opening the store failed: {why}"));
+        }
+        self.store.get().map(|_| ()).ok_or_else(|| "replaying the write-ahead log".to_string())
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        skein_core::metrics::header(out, "skein_ready", "gauge", "1 once the WAL is replayed and the collector serves.");
+        skein_core::metrics::sample(out, "skein_ready", "", u8::from(self.store.get().is_some()));
+        if let Some(s) = self.store.get() {
+            s.render_metrics(out);
+        }
+    }
+}
