@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod status;
+pub mod synth;
 pub mod validate;
 
 pub use codec::{DecodeError, Encoding};

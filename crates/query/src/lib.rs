@@ -1,1 +1,10 @@
-//! placeholder
+//! Skein's query layer: turns stored spans into the answers of the HTTP API.
+//!
+//! The modules here are pure (no I/O): [`assemble`] builds the cross-node trace tree of
+//! `GET /api/v1/traces/{id}`, [`summary`] the one-line trace summaries search returns, and
+//! [`jaeger`] the Jaeger query API's JSON shapes.
+
+pub mod assemble;
+pub mod jaeger;
+pub mod search;
+pub mod summary;

@@ -1,0 +1,162 @@
+"""One "node" of a cross-process trace, instrumented with the OpenTelemetry Python SDK.
+
+Used by the end-to-end test `python_sdk` (tests/tests/e2e/python_sdk.rs). The test runs the
+first node; each node then runs the next one as a separate Python process while one of its
+own spans is open, passing the W3C `traceparent` of that span on the command line, so the
+processes form one trace:
+
+    node 1 (root SERVER span) -> CLIENT span -> node 2 (SERVER span) -> CLIENT span -> node 3 ...
+
+Each node has its own `service.name` and `host.name`, exports with the exporter named in its
+spec (OTLP/gRPC, OTLP/HTTP protobuf, optionally gzip), and gives every span an int, a bool, a
+double, a string-array and an int-array attribute. After a successful export each node prints
+one JSON line on stdout describing its spans; it exits non-zero if any export failed.
+
+    python otel_node.py --chain '[{"service": "web", "host": "node-a", "protocol": "grpc",
+                                   "endpoint": "127.0.0.1:4317"}, ...]' [--traceparent TP]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from opentelemetry import context, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+
+class CheckedExporter(SpanExporter):
+    """Wraps an exporter and remembers whether every export succeeded."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.exported = 0
+        self.failures = 0
+
+    def export(self, spans):
+        result = self.inner.export(spans)
+        if result == SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failures += 1
+        return result
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis=30000):
+        return self.inner.force_flush(timeout_millis)
+
+
+def make_exporter(spec):
+    protocol = spec["protocol"]
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=spec["endpoint"], insecure=True, timeout=20)
+    if protocol in ("http", "http-gzip"):
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        compression = Compression.Gzip if protocol == "http-gzip" else Compression.NoCompression
+        return OTLPSpanExporter(
+            endpoint="http://%s/v1/traces" % spec["endpoint"], timeout=20, compression=compression
+        )
+    raise SystemExit("unknown protocol %r" % protocol)
+
+
+def hex_id(n, width):
+    return format(n, "0%dx" % width)
+
+
+def set_typed_attributes(span, index):
+    span.set_attribute("app.items", 3 + index)
+    span.set_attribute("app.cached", index % 2 == 0)
+    span.set_attribute("app.ratio", 200.0)
+    span.set_attribute("app.tags", ["a", "b"])
+    span.set_attribute("app.codes", [1, 2, 3])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chain", required=True, help="JSON list of node specs, this node first")
+    parser.add_argument("--traceparent", help="W3C traceparent of the calling span")
+    args = parser.parse_args()
+
+    chain = json.loads(args.chain)
+    spec, rest = chain[0], chain[1:]
+
+    exporter = CheckedExporter(make_exporter(spec))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": spec["service"], "host.name": spec["host"]})
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = provider.get_tracer("skein-e2e", "1.0")
+
+    parent_ctx = None
+    if args.traceparent:
+        parent_ctx = TraceContextTextMapPropagator().extract({"traceparent": args.traceparent})
+
+    made = []  # (span, name)
+
+    def record(span):
+        made.append(span)
+        set_typed_attributes(span, len(made) - 1)
+
+    server_name = spec.get("operation", "handle " + spec["service"])
+    with tracer.start_as_current_span(server_name, context=parent_ctx, kind=SpanKind.SERVER) as server:
+        record(server)
+        with tracer.start_as_current_span("work " + spec["service"], kind=SpanKind.INTERNAL) as work:
+            record(work)
+        if rest:
+            with tracer.start_as_current_span("call " + rest[0]["service"], kind=SpanKind.CLIENT) as call:
+                record(call)
+                carrier = {}
+                TraceContextTextMapPropagator().inject(carrier)
+                env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+                subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--chain", json.dumps(rest),
+                     "--traceparent", carrier["traceparent"]],
+                    check=True,
+                    env=env,
+                    timeout=120,
+                )
+
+    ok = provider.force_flush(30000)
+    provider.shutdown()
+    if not ok or exporter.failures or exporter.exported != len(made):
+        sys.stderr.write(
+            "%s: export failed (flushed=%s, failures=%d, exported=%d of %d)\n"
+            % (spec["service"], ok, exporter.failures, exporter.exported, len(made))
+        )
+        return 3
+
+    spans = []
+    for s in made:
+        sc = s.get_span_context()
+        parent = s.parent.span_id if s.parent is not None else None
+        spans.append(
+            {
+                "span_id": hex_id(sc.span_id, 16),
+                "parent_span_id": hex_id(parent, 16) if parent else None,
+                "name": s.name,
+            }
+        )
+    line = {
+        "service": spec["service"],
+        "host": spec["host"],
+        "protocol": spec["protocol"],
+        "trace_id": hex_id(made[0].get_span_context().trace_id, 32),
+        "spans": spans,
+    }
+    print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

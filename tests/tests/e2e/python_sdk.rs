@@ -1,0 +1,215 @@
+//! The OpenTelemetry Python SDK, a third-party client, as three separate processes on three
+//! "nodes" propagating one W3C trace context (`tests/python/otel_node.py`): one exports over
+//! OTLP/gRPC, the others over OTLP/HTTP protobuf (one of them gzip). The collector must
+//! assemble one complete trace with every span, parent link, node and typed attribute, and
+//! Jaeger's API must show the same spans with three processes.
+
+use crate::support::{jaeger_span_ids, jaeger_tag, jaeger_trace, parent, root_id, spans_by_id, string_set};
+use serde_json::{Value, json};
+use skein_tests::{Collector, workspace_root};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The venv's Python: `$SKEIN_TEST_VENV/bin/python`, default `tests/.venv`.
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("SKEIN_TEST_VENV")
+        .map(PathBuf::from)
+        .map(|p| if p.is_relative() { workspace_root().join(p) } else { p })
+        .unwrap_or_else(|| workspace_root().join("tests/.venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "no Python venv with the OpenTelemetry SDK at {}: run tests/run-all.sh, which creates it \
+         (or set SKEIN_TEST_VENV to a venv with tests/python/requirements.txt installed)",
+        venv.display()
+    );
+    python
+}
+
+/// What one node reported about its spans.
+struct NodeReport {
+    service: String,
+    host: String,
+    trace_id: String,
+    spans: Vec<(String, Option<String>, String)>, // (span id, parent id, name)
+}
+
+fn parse_reports(stdout: &str) -> Vec<NodeReport> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report {l}: {e}"));
+            let s = |v: &Value| v.as_str().map(str::to_string);
+            NodeReport {
+                service: s(&v["service"]).unwrap_or_default(),
+                host: s(&v["host"]).unwrap_or_default(),
+                trace_id: s(&v["trace_id"]).unwrap_or_default(),
+                spans: v["spans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|sp| {
+                        (
+                            s(&sp["span_id"]).unwrap_or_default(),
+                            s(&sp["parent_span_id"]),
+                            s(&sp["name"]).unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_three_processes_one_trace() {
+    let python = venv_python();
+    let c = Collector::start().await.expect("collector starts");
+    let grpc = c.listen().otlp_grpc.to_string();
+    let http = c.listen().otlp_http.to_string();
+    let chain = json!([
+        {"service": "py-frontend", "host": "py-node-a", "protocol": "grpc", "endpoint": grpc,
+         "operation": "GET /checkout"},
+        {"service": "py-api", "host": "py-node-b", "protocol": "http", "endpoint": http},
+        {"service": "py-db", "host": "py-node-c", "protocol": "http-gzip", "endpoint": http},
+    ]);
+    let script = workspace_root().join("tests/python/otel_node.py");
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg(&script)
+        .arg("--chain")
+        .arg(chain.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .expect("the Python nodes finished within 180 s")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python nodes failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let reports = parse_reports(&stdout);
+    assert_eq!(reports.len(), 3, "one report per node:\n{stdout}\n{stderr}");
+    let tid = reports[0].trace_id.clone();
+    assert!(reports.iter().all(|r| r.trace_id == tid), "one trace context across processes:\n{stdout}");
+
+    // Expected: span id -> (parent, name, service, host).
+    let mut expected: BTreeMap<String, (Option<String>, String, String, String)> = BTreeMap::new();
+    for r in &reports {
+        for (id, parent, name) in &r.spans {
+            expected.insert(id.clone(), (parent.clone(), name.clone(), r.service.clone(), r.host.clone()));
+        }
+    }
+    let roots: Vec<_> = expected.iter().filter(|(_, e)| e.0.is_none()).map(|(id, _)| id.clone()).collect();
+    assert_eq!(roots.len(), 1, "the script makes one root: {stdout}");
+    let depth = |id: &str| {
+        let mut d = 0;
+        let mut id = id.to_string();
+        while let Some(Some(p)) = expected.get(&id).map(|e| e.0.clone()) {
+            d += 1;
+            id = p;
+        }
+        d
+    };
+
+    // The native API: every span, right parents, nodes, services, depth, typed attributes.
+    let trace = c.trace(&tid).await.expect("the trace is queryable once the SDKs were acked");
+    let spans = spans_by_id(&trace);
+    assert_eq!(
+        spans.keys().cloned().collect::<BTreeSet<_>>(),
+        expected.keys().cloned().collect::<BTreeSet<_>>(),
+        "every span of the three processes: {trace}"
+    );
+    assert_eq!(trace["span_count"], expected.len(), "{trace}");
+    assert_eq!(trace["trace_id"], tid.as_str(), "{trace}");
+    assert_eq!(trace["complete"], true, "{trace}");
+    assert_eq!(root_id(&trace).as_deref(), Some(roots[0].as_str()), "{trace}");
+    assert_eq!(
+        trace["warnings"].as_array().map(Vec::len),
+        Some(0),
+        "a clean trace on one machine has no warnings: {trace}"
+    );
+    assert_eq!(
+        string_set(&trace["nodes"]),
+        ["py-node-a", "py-node-b", "py-node-c"].iter().map(|s| s.to_string()).collect(),
+        "{trace}"
+    );
+    assert_eq!(
+        string_set(&trace["services"]),
+        ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(),
+        "{trace}"
+    );
+    for (id, (want_parent, name, service, host)) in &expected {
+        let s = &spans[id];
+        assert_eq!(parent(s).as_ref(), want_parent.as_ref(), "parent of {name}: {s}");
+        assert_eq!(s["name"], name.as_str(), "{s}");
+        assert_eq!(s["service"], service.as_str(), "{s}");
+        assert_eq!(s["node"], host.as_str(), "{s}");
+        assert_eq!(s["depth"], depth(id), "depth of {name}: {s}");
+        let a = &s["attributes"];
+        assert!(a["app.items"].is_i64(), "int attribute: {a}");
+        assert!(a["app.cached"].is_boolean(), "bool attribute: {a}");
+        assert!(a["app.ratio"].is_f64() && a["app.ratio"].as_f64() == Some(200.0), "double attribute (200.0): {a}");
+        assert_eq!(a["app.tags"], json!(["a", "b"]), "string array attribute: {a}");
+        assert_eq!(a["app.codes"], json!([1, 2, 3]), "int array attribute: {a}");
+        assert_eq!(s["resource"]["service.name"], service.as_str(), "{s}");
+        assert_eq!(s["resource"]["host.name"], host.as_str(), "{s}");
+    }
+    let critical = trace["critical_path"].as_array().unwrap_or_else(|| panic!("critical_path: {trace}"));
+    assert!(!critical.is_empty(), "a critical path through the trace: {trace}");
+
+    // The Jaeger API: the same spans, three processes, CHILD_OF references, typed tags.
+    let jt = jaeger_trace(&c, &tid).await;
+    assert_eq!(jt["traceID"], tid.as_str(), "{jt}");
+    assert_eq!(jaeger_span_ids(&jt), expected.keys().cloned().collect(), "{jt}");
+    let processes = jt["processes"].as_object().unwrap_or_else(|| panic!("processes: {jt}"));
+    assert_eq!(processes.len(), 3, "one process per node: {jt}");
+    let process_services: BTreeSet<String> = processes
+        .values()
+        .map(|p| p["serviceName"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        process_services,
+        ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(),
+        "{jt}"
+    );
+    for js in jt["spans"].as_array().into_iter().flatten() {
+        let id = js["spanID"].as_str().unwrap_or_default();
+        let (want_parent, name, service, host) = &expected[id];
+        assert_eq!(js["operationName"], name.as_str(), "{js}");
+        let process = &processes[js["processID"].as_str().unwrap_or_default()];
+        assert_eq!(process["serviceName"], service.as_str(), "{js}");
+        assert!(process["tags"].to_string().contains(host.as_str()), "process tags name the host: {process}");
+        let refs: Vec<&Value> = js["references"].as_array().into_iter().flatten().collect();
+        match want_parent {
+            Some(p) => {
+                assert_eq!(refs.len(), 1, "{js}");
+                assert_eq!(refs[0]["refType"], "CHILD_OF", "{js}");
+                assert_eq!(refs[0]["spanID"], p.as_str(), "{js}");
+                assert_eq!(refs[0]["traceID"], tid.as_str(), "{js}");
+            }
+            None => assert!(refs.is_empty(), "the root has no references: {js}"),
+        }
+        let tag = |k: &str| jaeger_tag(js, k).unwrap_or_else(|| panic!("no tag {k}: {js}"));
+        assert_eq!(tag("app.items")["type"], "int64", "{js}");
+        assert!(tag("app.items")["value"].is_i64(), "{js}");
+        assert_eq!(tag("app.cached")["type"], "bool", "{js}");
+        assert!(tag("app.cached")["value"].is_boolean(), "{js}");
+        assert_eq!(tag("app.ratio")["type"], "float64", "{js}");
+        assert_eq!(tag("app.ratio")["value"].as_f64(), Some(200.0), "{js}");
+        assert_eq!(tag("app.tags")["type"], "string", "arrays become JSON strings: {js}");
+        let arr: Value = serde_json::from_str(tag("app.tags")["value"].as_str().unwrap_or("")).unwrap_or_default();
+        assert_eq!(arr, json!(["a", "b"]), "{js}");
+        assert!(jaeger_tag(js, "span.kind").is_some(), "{js}");
+    }
+}
