@@ -96,10 +96,8 @@ pub fn load<T: DeserializeOwned>(
 /// Reads a scalar written on the command line or in the environment as the TOML value it
 /// most plausibly is: a bool, an integer, a float, an array/inline table, else a string.
 fn parse_scalar(v: &str) -> toml::Value {
-    if let Ok(parsed) = format!("x = {v}").parse::<toml::Table>() {
-        if let Some(val) = parsed.get("x") {
-            return val.clone();
-        }
+    if let Some(val) = format!("x = {v}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("x")) {
+        return val;
     }
     toml::Value::String(v.to_string())
 }

@@ -27,9 +27,7 @@ pub fn to_jaeger(trace_id: TraceId, spans: &[SpanRecord]) -> Json {
     let mut processes: Vec<(&str, &[Attr])> = Vec::new();
     let mut out = Vec::with_capacity(spans.len());
     for s in spans {
-        let existing = processes.iter().position(|&(service, resource)| {
-            service == s.service && resource == s.resource.as_slice()
-        });
+        let existing = processes.iter().position(|&(service, resource)| service == s.service && resource == s.resource.as_slice());
         let index = existing.unwrap_or_else(|| {
             processes.push((&s.service, &s.resource));
             processes.len() - 1
@@ -40,15 +38,8 @@ pub fn to_jaeger(trace_id: TraceId, spans: &[SpanRecord]) -> Json {
         .into_iter()
         .enumerate()
         .map(|(i, (service, resource))| {
-            let tags: Vec<Json> = resource
-                .iter()
-                .filter(|a| a.key != "service.name")
-                .map(|a| tag(&a.key, &a.value))
-                .collect();
-            (
-                format!("p{}", i + 1),
-                json!({"serviceName": service, "tags": tags}),
-            )
+            let tags: Vec<Json> = resource.iter().filter(|a| a.key != "service.name").map(|a| tag(&a.key, &a.value)).collect();
+            (format!("p{}", i + 1), json!({"serviceName": service, "tags": tags}))
         })
         .collect();
     json!({
@@ -91,8 +82,7 @@ fn span(s: &SpanRecord, process_id: String) -> Json {
     let trace_id = s.trace_id.to_hex();
     let mut references = Vec::with_capacity(s.links.len() + 1);
     if let Some(parent) = s.parent_span_id {
-        references
-            .push(json!({"refType": "CHILD_OF", "traceID": trace_id, "spanID": parent.to_hex()}));
+        references.push(json!({"refType": "CHILD_OF", "traceID": trace_id, "spanID": parent.to_hex()}));
     }
     for l in &s.links {
         references.push(json!({
@@ -141,10 +131,7 @@ fn span_tags(s: &SpanRecord) -> Vec<Json> {
         extra.push(("otel.scope.name", string_tag("otel.scope.name", name)));
     }
     if let Some(version) = &s.scope_version {
-        extra.push((
-            "otel.scope.version",
-            string_tag("otel.scope.version", version),
-        ));
+        extra.push(("otel.scope.version", string_tag("otel.scope.version", version)));
     }
     if s.kind != 0 {
         extra.push(("span.kind", string_tag("span.kind", kind_name(s.kind))));
@@ -153,18 +140,12 @@ fn span_tags(s: &SpanRecord) -> Vec<Json> {
         1 => extra.push(("otel.status_code", string_tag("otel.status_code", "OK"))),
         2 => {
             extra.push(("otel.status_code", string_tag("otel.status_code", "ERROR")));
-            extra.push((
-                "error",
-                json!({"key": "error", "type": "bool", "value": true}),
-            ));
+            extra.push(("error", json!({"key": "error", "type": "bool", "value": true})));
         }
         _ => {}
     }
     if let Some(message) = s.status_message.as_deref().filter(|m| !m.is_empty()) {
-        extra.push((
-            "otel.status_description",
-            string_tag("otel.status_description", message),
-        ));
+        extra.push(("otel.status_description", string_tag("otel.status_description", message)));
     }
     if let Some(state) = s.trace_state.as_deref().filter(|t| !t.is_empty()) {
         extra.push(("w3c.tracestate", string_tag("w3c.tracestate", state)));
@@ -187,9 +168,7 @@ fn tag(key: &str, value: &TypedValue) -> Json {
     let (kind, v) = match value {
         TypedValue::String(s) => ("string", Json::String(s.clone())),
         TypedValue::Bool(b) => ("bool", Json::Bool(*b)),
-        TypedValue::Int(i) if (-JS_MAX_SAFE_INTEGER..=JS_MAX_SAFE_INTEGER).contains(i) => {
-            ("int64", json!(i))
-        }
+        TypedValue::Int(i) if (-JS_MAX_SAFE_INTEGER..=JS_MAX_SAFE_INTEGER).contains(i) => ("int64", json!(i)),
         TypedValue::Int(i) => ("int64", Json::String(i.to_string())),
         TypedValue::Double(d) if d.is_finite() => ("float64", json!(d)),
         // NaN and infinities have no JSON number: send the text.
@@ -214,9 +193,7 @@ mod tests {
     use skein_core::SpanId;
 
     fn tag_of<'a>(span: &'a Json, key: &str) -> Option<&'a Json> {
-        span["tags"]
-            .as_array()
-            .and_then(|tags| tags.iter().find(|t| t["key"] == key))
+        span["tags"].as_array().and_then(|tags| tags.iter().find(|t| t["key"] == key))
     }
 
     fn fixture() -> Vec<SpanRecord> {
@@ -241,12 +218,7 @@ mod tests {
         child.kind = 3;
         child.status_code = 2;
         child.status_message = Some("timeout".into());
-        child.links.push(LinkRecord {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            trace_state: None,
-            attributes: Vec::new(),
-        });
+        child.links.push(LinkRecord { trace_id: TraceId([1; 16]), span_id: SpanId([2; 8]), trace_state: None, attributes: Vec::new() });
         let same_process = record(3, Some(2), "api", "node-b", 20, 30);
         // Same service on another node: another process.
         let other_node = record(4, Some(1), "api", "node-c", 40, 50);
@@ -262,10 +234,7 @@ mod tests {
         assert_eq!(spans.len(), 4, "the duplicate is dropped");
         let ids: Vec<&str> = spans.iter().filter_map(|s| s["spanID"].as_str()).collect();
         assert_eq!(ids, [hex(1), hex(2), hex(3), hex(4)]);
-        let pids: Vec<&str> = spans
-            .iter()
-            .filter_map(|s| s["processID"].as_str())
-            .collect();
+        let pids: Vec<&str> = spans.iter().filter_map(|s| s["processID"].as_str()).collect();
         assert_eq!(pids, ["p1", "p2", "p2", "p3"]);
         assert_eq!(
             t["processes"]["p1"],
@@ -281,68 +250,26 @@ mod tests {
         let t = to_jaeger(trace_id(), &fixture());
         let root = &t["spans"][0];
         let expect = [
-            (
-                "http.response.status_code",
-                json!({"key": "http.response.status_code", "type": "int64", "value": 200}),
-            ),
-            (
-                "cache.hit",
-                json!({"key": "cache.hit", "type": "bool", "value": true}),
-            ),
-            (
-                "ratio",
-                json!({"key": "ratio", "type": "float64", "value": 0.5}),
-            ),
-            (
-                "tags",
-                json!({"key": "tags", "type": "string", "value": "[\"a\",2]"}),
-            ),
-            (
-                "blob",
-                json!({"key": "blob", "type": "binary", "value": "AQ=="}),
-            ),
-            (
-                "big",
-                json!({"key": "big", "type": "int64", "value": i64::MAX.to_string()}),
-            ),
-            (
-                "otel.scope.name",
-                json!({"key": "otel.scope.name", "type": "string", "value": "io.opentelemetry.http"}),
-            ),
-            (
-                "otel.scope.version",
-                json!({"key": "otel.scope.version", "type": "string", "value": "1.2"}),
-            ),
-            (
-                "span.kind",
-                json!({"key": "span.kind", "type": "string", "value": "server"}),
-            ),
+            ("http.response.status_code", json!({"key": "http.response.status_code", "type": "int64", "value": 200})),
+            ("cache.hit", json!({"key": "cache.hit", "type": "bool", "value": true})),
+            ("ratio", json!({"key": "ratio", "type": "float64", "value": 0.5})),
+            ("tags", json!({"key": "tags", "type": "string", "value": "[\"a\",2]"})),
+            ("blob", json!({"key": "blob", "type": "binary", "value": "AQ=="})),
+            ("big", json!({"key": "big", "type": "int64", "value": i64::MAX.to_string()})),
+            ("otel.scope.name", json!({"key": "otel.scope.name", "type": "string", "value": "io.opentelemetry.http"})),
+            ("otel.scope.version", json!({"key": "otel.scope.version", "type": "string", "value": "1.2"})),
+            ("span.kind", json!({"key": "span.kind", "type": "string", "value": "server"})),
         ];
         for (key, want) in expect {
             assert_eq!(tag_of(root, key), Some(&want), "tag {key}");
         }
-        assert!(
-            tag_of(root, "otel.status_code").is_none(),
-            "unset status has no tag"
-        );
+        assert!(tag_of(root, "otel.status_code").is_none(), "unset status has no tag");
         assert!(tag_of(root, "error").is_none());
         let child = &t["spans"][1];
-        assert_eq!(
-            tag_of(child, "span.kind").map(|t| &t["value"]),
-            Some(&json!("client"))
-        );
-        assert_eq!(
-            tag_of(child, "otel.status_code").map(|t| &t["value"]),
-            Some(&json!("ERROR"))
-        );
-        assert_eq!(
-            tag_of(child, "otel.status_description").map(|t| &t["value"]),
-            Some(&json!("timeout"))
-        );
-        assert_eq!(
-            tag_of(child, "error"),
-            Some(&json!({"key": "error", "type": "bool", "value": true}))
-        );
+        assert_eq!(tag_of(child, "span.kind").map(|t| &t["value"]), Some(&json!("client")));
+        assert_eq!(tag_of(child, "otel.status_code").map(|t| &t["value"]), Some(&json!("ERROR")));
+        assert_eq!(tag_of(child, "otel.status_description").map(|t| &t["value"]), Some(&json!("timeout")));
+        assert_eq!(tag_of(child, "error"), Some(&json!({"key": "error", "type": "bool", "value": true})));
     }
 
     #[test]
@@ -380,22 +307,13 @@ mod tests {
     #[test]
     fn envelope_and_errors() {
         let env = jaeger_envelope(json!(["a", "b"]), Vec::new());
-        assert_eq!(
-            env,
-            json!({"data": ["a", "b"], "total": 2, "limit": 0, "offset": 0, "errors": null})
-        );
-        let env = jaeger_envelope(
-            Json::Null,
-            vec![jaeger_error(404, "trace not found", Some(trace_id()))],
-        );
+        assert_eq!(env, json!({"data": ["a", "b"], "total": 2, "limit": 0, "offset": 0, "errors": null}));
+        let env = jaeger_envelope(Json::Null, vec![jaeger_error(404, "trace not found", Some(trace_id()))]);
         assert_eq!(
             env,
             json!({"data": null, "total": 0, "limit": 0, "offset": 0,
                    "errors": [{"code": 404, "msg": "trace not found", "traceID": "ab".repeat(16)}]})
         );
-        assert_eq!(
-            jaeger_error(0, "not found", None),
-            json!({"msg": "not found"})
-        );
+        assert_eq!(jaeger_error(0, "not found", None), json!({"msg": "not found"}));
     }
 }

@@ -49,11 +49,16 @@ pub fn matching_traces(batches: &[Arc<RecordBatch>], q: &SearchParams) -> Vec<Tr
     let mut found: HashMap<[u8; 16], i64> = HashMap::new();
     for batch in batches.iter().rev() {
         let v = SpanView::new(batch);
-        let (Ok(service), Ok(name), Ok(node)) = (dict_key(&v.service, q.service.as_deref()), dict_key(&v.name, q.operation.as_deref()), dict_key(&v.node, q.node.as_deref())) else {
+        let (Ok(service), Ok(name), Ok(node)) =
+            (dict_key(&v.service, q.service.as_deref()), dict_key(&v.name, q.operation.as_deref()), dict_key(&v.node, q.node.as_deref()))
+        else {
             continue;
         };
         for row in 0..v.len() {
-            if service.is_some_and(|k| v.service.key(row) != k) || name.is_some_and(|k| v.name.key(row) != k) || node.is_some_and(|k| v.node.key(row) != k) {
+            if service.is_some_and(|k| v.service.key(row) != k)
+                || name.is_some_and(|k| v.name.key(row) != k)
+                || node.is_some_and(|k| v.node.key(row) != k)
+            {
                 continue;
             }
             let start = v.start(row);
@@ -139,18 +144,24 @@ mod tests {
         assert_eq!(q(&|p| p.service = Some("nope".into())), Vec::<u8>::new());
         assert_eq!(q(&|p| p.min_duration_ns = Some(1_000)), vec![3, 1]);
         // service=api with duration >= 4000 must not match trace 1 through its db span
-        assert_eq!(q(&|p| {
-            p.service = Some("api".into());
-            p.min_duration_ns = Some(4_000)
-        }), Vec::<u8>::new());
+        assert_eq!(
+            q(&|p| {
+                p.service = Some("api".into());
+                p.min_duration_ns = Some(4_000)
+            }),
+            Vec::<u8>::new()
+        );
         assert_eq!(q(&|p| p.attributes = vec![("error".into(), "true".into())]), vec![2]);
         assert_eq!(q(&|p| p.attributes = vec![("http.route".into(), "/a".into())]), vec![3, 1]);
         assert_eq!(q(&|p| p.attributes = vec![("host.name".into(), "n1".into()), ("http.route".into(), "/x".into())]), vec![1]);
         assert_eq!(q(&|p| p.operation = Some("POST".into())), vec![3]);
-        assert_eq!(q(&|p| {
-            p.start_ns = Some(120);
-            p.end_ns = Some(250)
-        }), vec![3, 1]);
+        assert_eq!(
+            q(&|p| {
+                p.start_ns = Some(120);
+                p.end_ns = Some(250)
+            }),
+            vec![3, 1]
+        );
         assert_eq!(q(&|p| p.limit = 1), vec![2]);
     }
 }

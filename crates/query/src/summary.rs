@@ -41,22 +41,10 @@ pub struct TraceSummary {
 pub fn summarize(trace_id: TraceId, spans: &[SpanRecord]) -> TraceSummary {
     let (spans, _) = dedup_by_span_id(spans);
     let earliest = |s: &&SpanRecord| (s.start_time_unix_nano, s.span_id);
-    let root = spans
-        .iter()
-        .copied()
-        .filter(|s| s.parent_span_id.is_none())
-        .min_by_key(earliest);
+    let root = spans.iter().copied().filter(|s| s.parent_span_id.is_none()).min_by_key(earliest);
     let shown = root.or_else(|| spans.iter().copied().min_by_key(earliest));
-    let start = spans
-        .iter()
-        .map(|s| s.start_time_unix_nano)
-        .min()
-        .unwrap_or(0);
-    let end = spans
-        .iter()
-        .map(|s| s.end_time_unix_nano)
-        .max()
-        .unwrap_or(0);
+    let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0);
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     let nodes: BTreeSet<&str> = spans.iter().map(|s| s.node.as_str()).collect();
     TraceSummary {
@@ -68,10 +56,7 @@ pub fn summarize(trace_id: TraceId, spans: &[SpanRecord]) -> TraceSummary {
         duration_ns: end.saturating_sub(start),
         span_count: spans.len(),
         node_count: nodes.len(),
-        error_count: spans
-            .iter()
-            .filter(|s| s.status_code == STATUS_ERROR)
-            .count(),
+        error_count: spans.iter().filter(|s| s.status_code == STATUS_ERROR).count(),
         services: services.into_iter().map(str::to_string).collect(),
         nodes: nodes.into_iter().map(str::to_string).collect(),
     }
@@ -86,12 +71,7 @@ mod tests {
     fn summarizes_a_cross_node_trace() {
         let mut failed = span(3, Some(2), "db", "node-c", 20, 130);
         failed.status_code = 2;
-        let spans = vec![
-            failed.clone(),
-            span(2, Some(1), "api", "node-b", 10, 90),
-            span(1, None, "frontend", "node-a", 0, 100),
-            failed,
-        ];
+        let spans = vec![failed.clone(), span(2, Some(1), "api", "node-b", 10, 90), span(1, None, "frontend", "node-a", 0, 100), failed];
         let s = summarize(trace_id(), &spans);
         assert_eq!(s.trace_id, "ab".repeat(16));
         assert_eq!(s.root_service, "frontend");
@@ -108,10 +88,7 @@ mod tests {
 
     #[test]
     fn missing_root_falls_back_to_the_earliest_span() {
-        let spans = vec![
-            span(3, Some(2), "db", "node-c", 20, 40),
-            span(2, Some(1), "api", "node-b", 10, 90),
-        ];
+        let spans = vec![span(3, Some(2), "db", "node-c", 20, 40), span(2, Some(1), "api", "node-b", 10, 90)];
         let s = summarize(trace_id(), &spans);
         assert!(s.root_missing);
         assert_eq!(s.root_service, "api");

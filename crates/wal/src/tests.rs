@@ -337,7 +337,7 @@ fn close_writes_what_was_queued_and_refuses_later_appends() {
     // More than one batch holds, so the writer must go on draining after close.
     const N: usize = 50;
     const LEN: usize = 200_000;
-    assert!(N * LEN > 2 * writer::MAX_BATCH_BYTES);
+    const _: () = assert!(N * LEN > 2 * writer::MAX_BATCH_BYTES);
     let guard = wal.inner.shared.active.lock();
     let tasks: Vec<_> = (0..N)
         .map(|i| {

@@ -35,19 +35,10 @@ struct Frame {
 
 /// Critical path below `root`, in time order. `times` are the (possibly adjusted) start and
 /// end of every span; `children` the forest built by the assembler.
-pub(super) fn compute(
-    root: usize,
-    spans: &[SpanRecord],
-    children: &[Vec<usize>],
-    times: &[(i64, i64)],
-) -> Vec<PathSegment> {
+pub(super) fn compute(root: usize, spans: &[SpanRecord], children: &[Vec<usize>], times: &[(i64, i64)]) -> Vec<PathSegment> {
     let clip = clip_to_parents(root, children, times);
     let kids_of = |span: usize| {
-        let mut kids: Vec<usize> = children[span]
-            .iter()
-            .copied()
-            .filter(|&c| clip[c].is_some())
-            .collect();
+        let mut kids: Vec<usize> = children[span].iter().copied().filter(|&c| clip[c].is_some()).collect();
         kids.sort_by_key(|&c| {
             let (s, e) = clip[c].unwrap_or_default();
             (std::cmp::Reverse(e), std::cmp::Reverse(s))
@@ -58,17 +49,9 @@ pub(super) fn compute(
         return Vec::new();
     };
     let mut segments: Vec<(usize, i64, i64)> = Vec::new();
-    let mut stack = vec![Frame {
-        span: root,
-        cursor: root_end,
-        kids: kids_of(root),
-        next: 0,
-    }];
+    let mut stack = vec![Frame { span: root, cursor: root_end, kids: kids_of(root), next: 0 }];
     while let Some(f) = stack.last_mut() {
-        let found = f.kids[f.next..]
-            .iter()
-            .position(|&c| clip[c].is_some_and(|(_, e)| e <= f.cursor))
-            .map(|k| f.next + k);
+        let found = f.kids[f.next..].iter().position(|&c| clip[c].is_some_and(|(_, e)| e <= f.cursor)).map(|k| f.next + k);
         match found {
             Some(k) => {
                 let child = f.kids[k];
@@ -79,12 +62,7 @@ pub(super) fn compute(
                 }
                 // When the child's part of the path is done, the parent continues from its start.
                 f.cursor = cs;
-                stack.push(Frame {
-                    span: child,
-                    cursor: ce,
-                    kids: kids_of(child),
-                    next: 0,
-                });
+                stack.push(Frame { span: child, cursor: ce, kids: kids_of(child), next: 0 });
             }
             None => {
                 let (start, _) = clip[f.span].unwrap_or_default();
@@ -98,21 +76,13 @@ pub(super) fn compute(
     segments
         .into_iter()
         .rev()
-        .map(|(i, start, end)| PathSegment {
-            span_id: spans[i].span_id.to_hex(),
-            start_time_unix_nano: start,
-            end_time_unix_nano: end,
-        })
+        .map(|(i, start, end)| PathSegment { span_id: spans[i].span_id.to_hex(), start_time_unix_nano: start, end_time_unix_nano: end })
         .collect()
 }
 
 /// Each span's interval clipped to its parent's clipped interval; `None` outside `root`'s
 /// subtree and for spans that fall entirely outside their parent (or have no duration).
-fn clip_to_parents(
-    root: usize,
-    children: &[Vec<usize>],
-    times: &[(i64, i64)],
-) -> Vec<Option<(i64, i64)>> {
+fn clip_to_parents(root: usize, children: &[Vec<usize>], times: &[(i64, i64)]) -> Vec<Option<(i64, i64)>> {
     let mut clip = vec![None; times.len()];
     let (rs, re) = times[root];
     if rs >= re {

@@ -38,12 +38,10 @@ pub struct AssembleOptions {
 }
 
 impl Default for AssembleOptions {
-    /// No adjustment; when adjustment is asked for, corrections up to one second.
+    /// No adjustment; when adjustment is asked for, corrections up to one minute (the
+    /// collector's `query.max_clock_skew_adjustment` default).
     fn default() -> Self {
-        Self {
-            adjust_skew: false,
-            max_skew_adjustment_ns: 1_000_000_000,
-        }
+        Self { adjust_skew: false, max_skew_adjustment_ns: 60_000_000_000 }
     }
 }
 
@@ -158,11 +156,7 @@ pub struct SpanLink {
 
 /// Assembles the spans of `trace_id` into one tree. The spans are assumed to belong to the
 /// trace; they may come in any order and contain duplicates.
-pub fn assemble(
-    trace_id: TraceId,
-    spans: Vec<SpanRecord>,
-    opts: &AssembleOptions,
-) -> AssembledTrace {
+pub fn assemble(trace_id: TraceId, spans: Vec<SpanRecord>, opts: &AssembleOptions) -> AssembledTrace {
     let (spans, mut warnings) = dedup_by_span_id(spans);
     if spans.is_empty() {
         warnings.push("trace has no spans".to_string());
@@ -182,31 +176,17 @@ pub fn assemble(
         };
     }
     let tree = Tree::build(&spans);
-    let mut notes = Notes {
-        trace: warnings,
-        spans: vec![Vec::new(); spans.len()],
-    };
+    let mut notes = Notes { trace: warnings, spans: vec![Vec::new(); spans.len()] };
     tree.report(&spans, &mut notes);
     let clock_skew = skew::detect(&spans, &tree, &mut notes);
-    let shift = if opts.adjust_skew {
-        skew::adjust(&spans, &tree, opts.max_skew_adjustment_ns, &mut notes)
-    } else {
-        vec![0; spans.len()]
-    };
+    let shift = if opts.adjust_skew { skew::adjust(&spans, &tree, opts.max_skew_adjustment_ns, &mut notes) } else { vec![0; spans.len()] };
     let times: Vec<(i64, i64)> = spans
         .iter()
         .zip(&shift)
-        .map(|(s, d)| {
-            (
-                s.start_time_unix_nano.saturating_add(*d),
-                s.end_time_unix_nano.saturating_add(*d),
-            )
-        })
+        .map(|(s, d)| (s.start_time_unix_nano.saturating_add(*d), s.end_time_unix_nano.saturating_add(*d)))
         .collect();
     let root = tree.roots.first().copied();
-    let critical_path = root
-        .map(|r| critical_path::compute(r, &spans, &tree.children, &times))
-        .unwrap_or_default();
+    let critical_path = root.map(|r| critical_path::compute(r, &spans, &tree.children, &times)).unwrap_or_default();
     let start = times.iter().map(|t| t.0).min().unwrap_or(0);
     let end = times.iter().map(|t| t.1).max().unwrap_or(0);
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
@@ -246,9 +226,7 @@ struct Notes {
 /// Keeps the first copy of each span id, in input order. A retried export delivers identical
 /// copies, which are dropped silently; copies that differ are reported, because then the
 /// answer depends on which one was kept.
-pub(crate) fn dedup_by_span_id<T: Borrow<SpanRecord>>(
-    spans: impl IntoIterator<Item = T>,
-) -> (Vec<T>, Vec<String>) {
+pub(crate) fn dedup_by_span_id<T: Borrow<SpanRecord>>(spans: impl IntoIterator<Item = T>) -> (Vec<T>, Vec<String>) {
     let mut seen: HashMap<SpanId, usize> = HashMap::new();
     let mut kept: Vec<T> = Vec::new();
     let mut differing: Vec<SpanId> = Vec::new();
@@ -266,36 +244,19 @@ pub(crate) fn dedup_by_span_id<T: Borrow<SpanRecord>>(
             }
         }
     }
-    let warnings = differing
-        .iter()
-        .map(|id| {
-            format!(
-                "span {id} was received more than once with different content; kept the first copy"
-            )
-        })
-        .collect();
+    let warnings =
+        differing.iter().map(|id| format!("span {id} was received more than once with different content; kept the first copy")).collect();
     (kept, warnings)
 }
 
 /// Attributes as a JSON object of typed values (a repeated key keeps its last value).
 pub(crate) fn attrs_json(attrs: &[Attr]) -> Map<String, Json> {
-    attrs
-        .iter()
-        .map(|a| (a.key.clone(), a.value.to_json()))
-        .collect()
+    attrs.iter().map(|a| (a.key.clone(), a.value.to_json())).collect()
 }
 
-fn span_json(
-    s: &SpanRecord,
-    (start, end): (i64, i64),
-    shift: i64,
-    depth: usize,
-    warnings: Vec<String>,
-) -> AssembledSpan {
-    let scope = (s.scope_name.is_some() || s.scope_version.is_some()).then(|| Scope {
-        name: s.scope_name.clone(),
-        version: s.scope_version.clone(),
-    });
+fn span_json(s: &SpanRecord, (start, end): (i64, i64), shift: i64, depth: usize, warnings: Vec<String>) -> AssembledSpan {
+    let scope = (s.scope_name.is_some() || s.scope_version.is_some())
+        .then(|| Scope { name: s.scope_name.clone(), version: s.scope_version.clone() });
     AssembledSpan {
         span_id: s.span_id.to_hex(),
         parent_span_id: s.parent_span_id.map(|p| p.to_hex()),
@@ -306,10 +267,7 @@ fn span_json(
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         duration_ns: end.saturating_sub(start),
-        status: SpanStatus {
-            code: status_name(s.status_code),
-            message: s.status_message.clone().filter(|m| !m.is_empty()),
-        },
+        status: SpanStatus { code: status_name(s.status_code), message: s.status_message.clone().filter(|m| !m.is_empty()) },
         attributes: attrs_json(&s.attributes),
         resource: attrs_json(&s.resource),
         scope,
@@ -325,11 +283,7 @@ fn span_json(
         links: s
             .links
             .iter()
-            .map(|l| SpanLink {
-                trace_id: l.trace_id.to_hex(),
-                span_id: l.span_id.to_hex(),
-                attributes: attrs_json(&l.attributes),
-            })
+            .map(|l| SpanLink { trace_id: l.trace_id.to_hex(), span_id: l.span_id.to_hex(), attributes: attrs_json(&l.attributes) })
             .collect(),
         depth,
         warnings,
@@ -361,11 +315,7 @@ impl Tree {
             let s = &spans[i];
             (s.start_time_unix_nano, s.end_time_unix_nano, s.span_id)
         });
-        let index: HashMap<SpanId, usize> = spans
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.span_id, i))
-            .collect();
+        let index: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
         let mut parent = vec![None; n];
         let mut roots = Vec::new();
         let mut orphans = Vec::new();
@@ -423,33 +373,19 @@ impl Tree {
                 stack.extend(children[i].iter().rev().map(|&c| (c, depth + 1)));
             }
         }
-        Self {
-            parent,
-            children,
-            order,
-            roots,
-            orphans,
-            cycle_cuts,
-        }
+        Self { parent, children, order, roots, orphans, cycle_cuts }
     }
 
     /// Reports the missing root, extra roots, orphans and cycles.
     fn report(&self, spans: &[SpanRecord], notes: &mut Notes) {
         let id = |i: usize| spans[i].span_id.to_hex();
         if self.roots.is_empty() {
-            let missing: BTreeSet<String> = self
-                .orphans
-                .iter()
-                .filter_map(|&i| spans[i].parent_span_id.map(|p| p.to_hex()))
-                .collect();
+            let missing: BTreeSet<String> = self.orphans.iter().filter_map(|&i| spans[i].parent_span_id.map(|p| p.to_hex())).collect();
             let missing: Vec<String> = missing.into_iter().collect();
             notes.trace.push(if missing.is_empty() {
                 "root span missing: every span has a parent and the parent links form a cycle".to_string()
             } else {
-                format!(
-                    "root span missing: no span without a parent arrived; spans refer to missing parent(s) {}",
-                    missing.join(", ")
-                )
+                format!("root span missing: no span without a parent arrived; spans refer to missing parent(s) {}", missing.join(", "))
             });
         } else if self.roots.len() > 1 {
             let ids: Vec<String> = self.roots.iter().map(|&i| id(i)).collect();
@@ -463,30 +399,19 @@ impl Tree {
         for &i in &self.orphans {
             let s = &spans[i];
             let parent = s.parent_span_id.map(|p| p.to_hex()).unwrap_or_default();
-            let msg = format!(
-                "orphan span {} ({} \"{}\" on node {}): parent {} is not in the trace",
-                id(i),
-                s.service,
-                s.name,
-                s.node,
-                parent
-            );
+            let msg =
+                format!("orphan span {} ({} \"{}\" on node {}): parent {} is not in the trace", id(i), s.service, s.name, s.node, parent);
             notes.spans[i].push(format!("parent {parent} is not in the trace"));
             notes.trace.push(msg);
         }
         for &i in &self.cycle_cuts {
-            let parent = spans[i]
-                .parent_span_id
-                .map(|p| p.to_hex())
-                .unwrap_or_default();
+            let parent = spans[i].parent_span_id.map(|p| p.to_hex()).unwrap_or_default();
             notes.trace.push(format!(
                 "parent links form a cycle: span {} names {} as its parent; treated as a subtree root",
                 id(i),
                 parent
             ));
-            notes.spans[i].push(format!(
-                "parent link to {parent} closes a cycle; treated as a subtree root"
-            ));
+            notes.spans[i].push(format!("parent link to {parent} closes a cycle; treated as a subtree root"));
         }
     }
 }

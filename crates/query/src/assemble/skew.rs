@@ -57,8 +57,7 @@ fn edge_delta((ps, pe): (i64, i64), (cs, ce): (i64, i64), asynchronous: bool) ->
         return 0;
     }
     // Assume the network latency is split evenly between request and response.
-    ps.saturating_add((parent_dur - child_dur) / 2)
-        .saturating_sub(cs)
+    ps.saturating_add((parent_dur - child_dur) / 2).saturating_sub(cs)
 }
 
 fn times(s: &SpanRecord) -> (i64, i64) {
@@ -95,21 +94,15 @@ pub(super) fn detect(spans: &[SpanRecord], tree: &Tree, notes: &mut Notes) -> Ve
             child.node,
             fmt_ms_signed(delta)
         ));
-        pairs
-            .entry((parent.node.as_str(), child.node.as_str()))
-            .or_default()
-            .push((delta, child.span_id.to_hex()));
+        pairs.entry((parent.node.as_str(), child.node.as_str())).or_default().push((delta, child.span_id.to_hex()));
     }
     pairs
         .into_iter()
         .map(|((parent_node, child_node), mut edges)| {
             edges.sort();
             let mid = edges.len() / 2;
-            let median = if edges.len() % 2 == 1 {
-                edges[mid].0
-            } else {
-                ((i128::from(edges[mid - 1].0) + i128::from(edges[mid].0)) / 2) as i64
-            };
+            let median =
+                if edges.len() % 2 == 1 { edges[mid].0 } else { ((i128::from(edges[mid - 1].0) + i128::from(edges[mid].0)) / 2) as i64 };
             notes.trace.push(format!(
                 "clock skew between node {parent_node} (parent) and node {child_node} (child): \
                  estimated offset {} over {} span(s)",
@@ -118,12 +111,7 @@ pub(super) fn detect(spans: &[SpanRecord], tree: &Tree, notes: &mut Notes) -> Ve
             ));
             let mut ids: Vec<String> = edges.into_iter().map(|(_, id)| id).collect();
             ids.sort();
-            ClockSkew {
-                parent_node: parent_node.to_string(),
-                child_node: child_node.to_string(),
-                estimated_offset_ns: median,
-                spans: ids,
-            }
+            ClockSkew { parent_node: parent_node.to_string(), child_node: child_node.to_string(), estimated_offset_ns: median, spans: ids }
         })
         .collect()
 }
@@ -132,12 +120,7 @@ pub(super) fn detect(spans: &[SpanRecord], tree: &Tree, notes: &mut Notes) -> Ve
 /// its parent's already adjusted times and shifted by [`edge_delta`]; same-node descendants
 /// are shifted by the same amount. A delta larger than `max_ns` is not applied (and not
 /// carried). Returns the shift of every span; every moved span gets a warning.
-pub(super) fn adjust(
-    spans: &[SpanRecord],
-    tree: &Tree,
-    max_ns: i64,
-    notes: &mut Notes,
-) -> Vec<i64> {
+pub(super) fn adjust(spans: &[SpanRecord], tree: &Tree, max_ns: i64, notes: &mut Notes) -> Vec<i64> {
     let n = spans.len();
     let mut shift = vec![0i64; n];
     // The span whose comparison with its parent produced the shift carried by each span.
@@ -166,15 +149,9 @@ pub(super) fn adjust(
             continue;
         }
         if delta.unsigned_abs() > limit {
-            let msg = format!(
-                "clock skew adjustment of {} exceeds the maximum of {}; not applied",
-                fmt_ms_signed(delta),
-                fmt_ms(max_ns.max(0))
-            );
-            notes.trace.push(format!(
-                "span {} on node {}: {msg}",
-                child.span_id, child.node
-            ));
+            let msg =
+                format!("clock skew adjustment of {} exceeds the maximum of {}; not applied", fmt_ms_signed(delta), fmt_ms(max_ns.max(0)));
+            notes.trace.push(format!("span {} on node {}: {msg}", child.span_id, child.node));
             notes.spans[i].push(msg);
             continue;
         }

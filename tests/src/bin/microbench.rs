@@ -1,0 +1,165 @@
+//! In-process benchmarks of the collector's hot paths, each beside a baseline measured in the
+//! same run on the same data, so the ratios mean something on a shared, noisy machine:
+//!
+//! - decode: prost-decoding OTLP requests (baseline) vs decode + validate + Arrow build;
+//! - WAL append: raw `write` of the same bytes to a file (baseline) vs `Wal::append`, with and
+//!   without fsync, from concurrent tasks (group commit);
+//! - trace lookup with `--head-spans` spans in the head: prost-decoding the trace's own spans
+//!   from protobuf (baseline: what any store pays to materialise them) vs `Head::trace`, and
+//!   vs `Head::trace` + full assembly.
+//!
+//! `cargo run --release -p skein-tests --bin microbench -- --head-spans 1000000`
+
+use clap::Parser;
+use prost::Message;
+use skein_core::TraceId;
+use skein_otlp::ExportTraceServiceRequest;
+use skein_otlp::synth::{Synth, SynthConfig};
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+struct Args {
+    /// Spans loaded into the head for the trace-lookup benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    head_spans: usize,
+    /// Traces per request.
+    #[arg(long, default_value_t = 20)]
+    traces_per_request: usize,
+    /// Trace lookups to time.
+    #[arg(long, default_value_t = 2_000)]
+    lookups: usize,
+}
+
+fn spans_in(r: &ExportTraceServiceRequest) -> usize {
+    r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort_unstable();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+    let mut synth = Synth::new(SynthConfig::default());
+    // One encoded request per trace (the lookup baseline), and requests of
+    // `traces_per_request` traces made by concatenating them: concatenated protobuf messages
+    // decode as one message with the repeated fields appended.
+    let mut per_trace = Vec::new();
+    let mut ids = Vec::new();
+    let mut total = 0;
+    while total < args.head_spans {
+        let (r, t) = synth.batch(1, now);
+        total += spans_in(&r);
+        ids.extend(t);
+        per_trace.push(r.encode_to_vec());
+    }
+    let reqs: Vec<Vec<u8>> = per_trace.chunks(args.traces_per_request).map(|c| c.concat()).collect();
+    let bytes: usize = reqs.iter().map(Vec::len).sum();
+    println!("data: {} requests, {total} spans, {} traces, {:.1} B/span OTLP protobuf", reqs.len(), ids.len(), bytes as f64 / total as f64);
+
+    // 1. decode baseline vs decode + validate + build
+    let sample = &reqs[..reqs.len().min(400)];
+    let sample_spans: usize = sample.iter().map(|b| spans_in(&ExportTraceServiceRequest::decode(&b[..]).unwrap_or_default())).sum();
+    let t = Instant::now();
+    for b in sample {
+        let r = ExportTraceServiceRequest::decode(&b[..])?;
+        std::hint::black_box(r);
+    }
+    let decode = t.elapsed();
+    let t = Instant::now();
+    for b in sample {
+        let mut r = ExportTraceServiceRequest::decode(&b[..])?;
+        skein_otlp::validate_traces(&mut r, &skein_otlp::Limits::default());
+        std::hint::black_box(skein_columnar::spans::build(&r)?);
+    }
+    let build = t.elapsed();
+    let rate = |d: Duration| sample_spans as f64 / d.as_secs_f64();
+    println!("decode only:                 {:>12.0} spans/s", rate(decode));
+    println!("decode+validate+arrow build: {:>12.0} spans/s  ({:.2}x of decode-only)", rate(build), decode.as_secs_f64() / build.as_secs_f64());
+
+    // 2. WAL append vs raw file writes
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let dir = tempfile::tempdir()?;
+    let t = Instant::now();
+    let mut f = std::fs::File::create(dir.path().join("raw"))?;
+    for b in sample {
+        f.write_all(b)?;
+    }
+    f.sync_data()?;
+    let raw = t.elapsed();
+    let sample_bytes: usize = sample.iter().map(Vec::len).sum();
+    println!("raw write+1 fsync:           {:>12.1} MB/s", sample_bytes as f64 / raw.as_secs_f64() / 1e6);
+    for (name, sync) in [("never", skein_wal::SyncPolicy::Never), ("always", skein_wal::SyncPolicy::Always)] {
+        let wdir = dir.path().join(name);
+        let (wal, _) = skein_wal::Wal::open(&wdir, skein_wal::WalOptions { sync, ..Default::default() }, |_, _| Ok::<(), String>(()))?;
+        let t = Instant::now();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for chunk in sample.chunks(sample.len().div_ceil(16)) {
+                let wal = wal.clone();
+                let chunk: Vec<Vec<u8>> = chunk.to_vec();
+                tasks.push(tokio::spawn(async move {
+                    for b in chunk {
+                        wal.append(b).await?;
+                    }
+                    Ok::<(), skein_wal::Error>(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        let d = t.elapsed();
+        println!("WAL append sync={name:<6} 16 tasks: {:>8.1} MB/s, {:>8.0} records/s ({:.2}x of raw write)", sample_bytes as f64 / d.as_secs_f64() / 1e6, sample.len() as f64 / d.as_secs_f64(), raw.as_secs_f64() / d.as_secs_f64());
+        wal.close();
+    }
+
+    // 3. trace lookup in a head holding head_spans spans
+    let head = skein_storage::Head::new();
+    let t = Instant::now();
+    for b in &reqs {
+        let r = ExportTraceServiceRequest::decode(&b[..])?;
+        head.insert(skein_columnar::spans::build(&r)?)?;
+    }
+    let st = head.stats();
+    println!("head: {} spans, {} traces, {:.0} MiB estimated ({:.0} B/span), loaded in {:.2?}", st.rows, st.traces, st.bytes as f64 / 1048576.0, st.bytes as f64 / st.rows as f64, t.elapsed());
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut pick = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % ids.len() as u64) as usize
+    };
+    let (mut base, mut lookup, mut full) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.lookups {
+        let i = pick();
+        let id = TraceId(ids[i]);
+        // Baseline: decode the same spans from OTLP protobuf.
+        let t = Instant::now();
+        std::hint::black_box(ExportTraceServiceRequest::decode(&per_trace[i][..])?);
+        base.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(head.trace(&id));
+        lookup.push(t.elapsed());
+        let t = Instant::now();
+        let spans = head.trace(&id);
+        let a = skein_query::assemble::assemble(id, spans, &Default::default());
+        std::hint::black_box(serde_json::to_vec(&a)?);
+        full.push(t.elapsed());
+    }
+    println!(
+        "trace by id ({} lookups): protobuf decode of the trace p50 {:?} p99 {:?} | head lookup p50 {:?} p99 {:?} | lookup+assemble+JSON p50 {:?} p99 {:?}",
+        args.lookups,
+        pct(&mut base, 0.5),
+        pct(&mut base, 0.99),
+        pct(&mut lookup, 0.5),
+        pct(&mut lookup, 0.99),
+        pct(&mut full, 0.5),
+        pct(&mut full, 0.99)
+    );
+    Ok(())
+}
