@@ -45,13 +45,7 @@ pub fn collector_bin() -> Result<PathBuf> {
     } else {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .map(|t| {
-                if t.is_relative() {
-                    workspace_root().join(t)
-                } else {
-                    t
-                }
-            })
+            .map(|t| if t.is_relative() { workspace_root().join(t) } else { t })
             .unwrap_or_else(|| workspace_root().join("target"));
         target.join("debug").join("skein-collector")
     };
@@ -79,19 +73,14 @@ pub struct Listen {
 impl Listen {
     fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("listen.json is not JSON: {text}"))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("listen.json is not JSON: {text}"))?;
         let addr = |k: &str| -> Result<SocketAddr> {
             v[k].as_str()
                 .with_context(|| format!("listen.json has no string {k:?}: {text}"))?
                 .parse()
                 .with_context(|| format!("listen.json {k:?} is not an address: {text}"))
         };
-        Ok(Self {
-            otlp_grpc: addr("otlp_grpc")?,
-            otlp_http: addr("otlp_http")?,
-            query: addr("query")?,
-        })
+        Ok(Self { otlp_grpc: addr("otlp_grpc")?, otlp_http: addr("otlp_http")?, query: addr("query")? })
     }
 }
 
@@ -106,12 +95,7 @@ pub struct CollectorBuilder {
 
 impl Default for CollectorBuilder {
     fn default() -> Self {
-        Self {
-            sets: Vec::new(),
-            args: Vec::new(),
-            env: Vec::new(),
-            ready_timeout: READY_TIMEOUT,
-        }
+        Self { sets: Vec::new(), args: Vec::new(), env: Vec::new(), ready_timeout: READY_TIMEOUT }
     }
 }
 
@@ -148,27 +132,12 @@ impl CollectorBuilder {
     /// the tail of its log).
     pub async fn start(self) -> Result<Collector> {
         let bin = collector_bin()?;
-        let tmp = tempfile::Builder::new()
-            .prefix("skein-e2e-")
-            .tempdir()
-            .context("creating a temporary directory")?;
+        let tmp = tempfile::Builder::new().prefix("skein-e2e-").tempdir().context("creating a temporary directory")?;
         let data_dir = tmp.path().join("data");
         std::fs::create_dir_all(&data_dir)?;
         let log_path = tmp.path().join("collector.log");
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let mut c = Collector {
-            bin,
-            config: self,
-            tmp: Some(tmp),
-            data_dir,
-            log_path,
-            child: None,
-            listen: None,
-            starts: 0,
-            client,
-        };
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let mut c = Collector { bin, config: self, tmp: Some(tmp), data_dir, log_path, child: None, listen: None, starts: 0, client };
         c.spawn_and_wait().await?;
         Ok(c)
     }
@@ -212,8 +181,7 @@ impl Collector {
     /// # Panics
     /// After [`kill9`](Self::kill9) and before a restart.
     pub fn listen(&self) -> Listen {
-        self.listen
-            .unwrap_or_else(|| panic!("the collector is not running"))
+        self.listen.unwrap_or_else(|| panic!("the collector is not running"))
     }
 
     /// `http://<query addr><path>`, e.g. `c.query_url("/api/v1/services")`.
@@ -247,17 +215,10 @@ impl Collector {
     /// Transport errors, or a body that is not JSON.
     pub async fn get_json(&self, path: &str) -> Result<(u16, Value)> {
         let url = self.query_url(path);
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url}"))?;
+        let resp = self.client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        let v = serde_json::from_str(&text).with_context(|| {
-            format!("GET {url} answered {status} with a body that is not JSON: {text}")
-        })?;
+        let v = serde_json::from_str(&text).with_context(|| format!("GET {url} answered {status} with a body that is not JSON: {text}"))?;
         Ok((status, v))
     }
 
@@ -266,9 +227,7 @@ impl Collector {
     /// # Errors
     /// Any other status, or transport errors.
     pub async fn trace(&self, trace_id_hex: &str) -> Result<Value> {
-        let (status, v) = self
-            .get_json(&format!("/api/v1/traces/{trace_id_hex}"))
-            .await?;
+        let (status, v) = self.get_json(&format!("/api/v1/traces/{trace_id_hex}")).await?;
         if status != 200 {
             bail!("GET /api/v1/traces/{trace_id_hex} answered {status}: {v}");
         }
@@ -279,17 +238,8 @@ impl Collector {
     ///
     /// # Errors
     /// Transport errors only; any status is returned.
-    pub async fn post_traces(
-        &self,
-        body: Vec<u8>,
-        content_type: &str,
-        content_encoding: Option<&str>,
-    ) -> Result<reqwest::Response> {
-        let mut req = self
-            .client
-            .post(self.otlp_http_url())
-            .header("content-type", content_type)
-            .body(body);
+    pub async fn post_traces(&self, body: Vec<u8>, content_type: &str, content_encoding: Option<&str>) -> Result<reqwest::Response> {
+        let mut req = self.client.post(self.otlp_http_url()).header("content-type", content_type).body(body);
         if let Some(enc) = content_encoding {
             req = req.header("content-encoding", enc);
         }
@@ -300,17 +250,8 @@ impl Collector {
     ///
     /// # Errors
     /// A non-200 answer (with its body), transport or decode errors.
-    pub async fn export_http(
-        &self,
-        req: &ExportTraceServiceRequest,
-    ) -> Result<ExportTraceServiceResponse> {
-        let resp = self
-            .post_traces(
-                prost::Message::encode_to_vec(req),
-                "application/x-protobuf",
-                None,
-            )
-            .await?;
+    pub async fn export_http(&self, req: &ExportTraceServiceRequest) -> Result<ExportTraceServiceResponse> {
+        let resp = self.post_traces(prost::Message::encode_to_vec(req), "application/x-protobuf", None).await?;
         let status = resp.status();
         let body = resp.bytes().await?;
         if status != 200 {
@@ -319,9 +260,7 @@ impl Collector {
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             bail!("POST /v1/traces answered {status}: {msg}");
         }
-        Ok(<ExportTraceServiceResponse as prost::Message>::decode(
-            &body[..],
-        )?)
+        Ok(<ExportTraceServiceResponse as prost::Message>::decode(&body[..])?)
     }
 
     /// A gRPC `TraceService` client on a new connection (30 s request timeout).
@@ -385,23 +324,11 @@ impl Collector {
             Err(e) => return Err(e).context("removing a stale listen.json"),
         }
         self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
+        let mut log = OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         let args = self.args();
-        writeln!(
-            log,
-            "==== skein-tests: start #{} ====\n$ {} {}",
-            self.starts,
-            self.bin.display(),
-            args.join(" ")
-        )?;
+        writeln!(log, "==== skein-tests: start #{} ====\n$ {} {}", self.starts, self.bin.display(), args.join(" "))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log));
+        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("SKEIN_") {
                 cmd.env_remove(&k);
@@ -410,10 +337,7 @@ impl Collector {
         for (k, v) in &self.config.env {
             cmd.env(k, v);
         }
-        self.child = Some(
-            cmd.spawn()
-                .with_context(|| format!("spawning {}", self.bin.display()))?,
-        );
+        self.child = Some(cmd.spawn().with_context(|| format!("spawning {}", self.bin.display()))?);
 
         let timeout = self.config.ready_timeout;
         let result = wait_until(timeout, "listen.json and /readyz = 200", || {
@@ -450,11 +374,7 @@ impl Collector {
             }
             Ok(Err(why)) => {
                 self.child = None;
-                bail!(
-                    "{why}; log {}:\n{}",
-                    self.log_path.display(),
-                    self.log_tail()
-                )
+                bail!("{why}; log {}:\n{}", self.log_path.display(), self.log_tail())
             }
             Err(e) => {
                 let _ = self.kill9();
@@ -464,19 +384,9 @@ impl Collector {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--data-dir".to_string(),
-            self.data_dir.display().to_string(),
-        ];
-        let ports = [
-            ("otlp.grpc_addr", "127.0.0.1:0"),
-            ("otlp.http_addr", "127.0.0.1:0"),
-            ("query.addr", "127.0.0.1:0"),
-        ];
-        let sets = ports
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .chain(self.config.sets.iter().cloned());
+        let mut args = vec!["--data-dir".to_string(), self.data_dir.display().to_string()];
+        let ports = [("otlp.grpc_addr", "127.0.0.1:0"), ("otlp.http_addr", "127.0.0.1:0"), ("query.addr", "127.0.0.1:0")];
+        let sets = ports.iter().map(|(k, v)| (k.to_string(), v.to_string())).chain(self.config.sets.iter().cloned());
         for (k, v) in sets {
             args.push("--set".into());
             args.push(format!("{k}={v}"));
@@ -503,10 +413,7 @@ impl Drop for Collector {
         if std::thread::panicking()
             && let Some(tmp) = self.tmp.take()
         {
-            eprintln!(
-                "kept the collector's directory for inspection: {}",
-                tmp.keep().display()
-            );
+            eprintln!("kept the collector's directory for inspection: {}", tmp.keep().display());
         }
     }
 }

@@ -2,9 +2,7 @@
 //! resources with `service.name` / `host.name`, and the request that wraps them.
 
 use skein_otlp::ExportTraceServiceRequest;
-use skein_otlp::proto::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value,
-};
+use skein_otlp::proto::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
 use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use std::collections::hash_map::RandomState;
@@ -42,9 +40,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A string attribute value.
@@ -78,11 +74,7 @@ fn value(v: any_value::Value) -> AnyValue {
 
 /// A key-value attribute.
 pub fn kv(key: impl Into<String>, value: AnyValue) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(value),
-        ..Default::default()
-    }
+    KeyValue { key: key.into(), value: Some(value), ..Default::default() }
 }
 
 /// Builds one span; by default a 1 ms `SERVER` span that ended just now, with no parent.
@@ -135,21 +127,13 @@ impl SpanBuilder {
 
     /// Marks the span as failed with a message.
     pub fn error(mut self, message: impl Into<String>) -> Self {
-        self.span.status = Some(Status {
-            message: message.into(),
-            code: status::StatusCode::Error as i32,
-        });
+        self.span.status = Some(Status { message: message.into(), code: status::StatusCode::Error as i32 });
         self
     }
 
     /// Adds an event at `time_ns`.
     pub fn event(mut self, time_ns: u64, name: impl Into<String>, attrs: Vec<KeyValue>) -> Self {
-        self.span.events.push(span::Event {
-            time_unix_nano: time_ns,
-            name: name.into(),
-            attributes: attrs,
-            dropped_attributes_count: 0,
-        });
+        self.span.events.push(span::Event { time_unix_nano: time_ns, name: name.into(), attributes: attrs, dropped_attributes_count: 0 });
         self
     }
 
@@ -161,15 +145,9 @@ impl SpanBuilder {
 
 /// A resource with `service.name` and `host.name` (the node identity) and extra attributes.
 pub fn resource(service: &str, host: &str, extra: Vec<KeyValue>) -> Resource {
-    let mut attributes = vec![
-        kv("service.name", string(service)),
-        kv("host.name", string(host)),
-    ];
+    let mut attributes = vec![kv("service.name", string(service)), kv("host.name", string(host))];
     attributes.extend(extra);
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    Resource { attributes, ..Default::default() }
 }
 
 /// Spans of one service on one node, under a `skein-tests` instrumentation scope.
@@ -196,12 +174,7 @@ pub fn request(resource_spans: Vec<ResourceSpans>) -> ExportTraceServiceRequest 
 
 /// Every span id (hex) in a request.
 pub fn span_ids(req: &ExportTraceServiceRequest) -> Vec<String> {
-    req.resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .map(|s| hex(&s.span_id))
-        .collect()
+    req.resource_spans.iter().flat_map(|rs| &rs.scope_spans).flat_map(|ss| &ss.spans).map(|s| hex(&s.span_id)).collect()
 }
 
 /// A small multi-node trace: a root on `frontend`, `fanout` children on `api`, and one
@@ -262,15 +235,8 @@ mod tests {
         let (req, tid) = sample_trace("t", 3);
         assert_eq!(span_ids(&req).len(), 5);
         assert_eq!(req.resource_spans.len(), 3);
-        let spans: Vec<_> = req
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans[0].spans)
-            .collect();
+        let spans: Vec<_> = req.resource_spans.iter().flat_map(|r| &r.scope_spans[0].spans).collect();
         assert!(spans.iter().all(|s| s.trace_id == tid));
-        assert_eq!(
-            spans.iter().filter(|s| s.parent_span_id.is_empty()).count(),
-            1
-        );
+        assert_eq!(spans.iter().filter(|s| s.parent_span_id.is_empty()).count(), 1);
     }
 }

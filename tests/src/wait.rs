@@ -42,11 +42,7 @@ impl<C: Condition, E: Display> Condition for Result<C, E> {
 ///
 /// # Errors
 /// The condition did not hold within `timeout`.
-pub async fn wait_until<C, F, Fut>(
-    timeout: Duration,
-    what: impl Display,
-    mut check: F,
-) -> anyhow::Result<C::Output>
+pub async fn wait_until<C, F, Fut>(timeout: Duration, what: impl Display, mut check: F) -> anyhow::Result<C::Output>
 where
     C: Condition,
     F: FnMut() -> Fut,
@@ -89,15 +85,10 @@ mod tests {
         .expect("condition holds");
         assert_eq!(v, 3);
 
-        let err = wait_until(Duration::from_millis(50), "never", || async {
-            Err::<bool, _>("connection refused")
-        })
-        .await
-        .expect_err("must time out");
+        let err = wait_until(Duration::from_millis(50), "never", || async { Err::<bool, _>("connection refused") })
+            .await
+            .expect_err("must time out");
         let msg = err.to_string();
-        assert!(
-            msg.contains("never") && msg.contains("connection refused"),
-            "{msg}"
-        );
+        assert!(msg.contains("never") && msg.contains("connection refused"), "{msg}");
     }
 }

@@ -241,16 +241,13 @@ fn fsb(
 
 fn first_str<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
     use skein_otlp::proto::common::v1::any_value::Value;
-    for k in keys {
-        if let Some(kv) = attrs.iter().find(|kv| kv.key == *k) {
-            if let Some(Value::StringValue(s)) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                if !s.is_empty() {
-                    return Some(s);
-                }
-            }
+    keys.iter().find_map(|k| {
+        let kv = attrs.iter().find(|kv| kv.key == *k)?;
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
         }
-    }
-    None
+    })
 }
 
 /// The node identity of a resource: `host.name`, else `k8s.pod.name`, else `host.id`.

@@ -2,16 +2,11 @@
 //! orphans and missing roots, typed attributes, gzip JSON ingest, search, metadata endpoints
 //! and ops endpoints.
 
-use crate::support::{
-    Reply, jaeger_span_ids, jaeger_tag, jaeger_trace, parent, root_id, spans_by_id, string_set,
-};
+use crate::support::{Reply, jaeger_span_ids, jaeger_tag, jaeger_trace, parent, root_id, spans_by_id, string_set};
 use serde_json::{Value, json};
 use skein_otlp::proto::trace::v1::Span;
 use skein_tests::Collector;
-use skein_tests::otlp::{
-    self, SpanBuilder, SpanKind, array, boolean, double, hex, int, kv, random_span_id,
-    random_trace_id, string,
-};
+use skein_tests::otlp::{self, SpanBuilder, SpanKind, array, boolean, double, hex, int, kv, random_span_id, random_trace_id, string};
 use std::collections::BTreeSet;
 use std::io::Write;
 
@@ -41,20 +36,13 @@ async fn the_same_request_twice_yields_no_duplicate_spans() {
 async fn a_span_whose_parent_never_arrived_is_an_orphan() {
     let c = Collector::start().await.expect("collector starts");
     let t = random_trace_id();
-    let (root, child, orphan, missing) = (
-        random_span_id(),
-        random_span_id(),
-        random_span_id(),
-        random_span_id(),
-    );
+    let (root, child, orphan, missing) = (random_span_id(), random_span_id(), random_span_id(), random_span_id());
     let spans = vec![
         SpanBuilder::new(t, root, "GET /").build(),
         SpanBuilder::new(t, child, "load").parent(root).build(),
         SpanBuilder::new(t, orphan, "lost child").parent(missing).build(),
     ];
-    c.export_http(&otlp::request(vec![otlp::resource_spans("orph", "node-1", spans)]))
-        .await
-        .expect("export");
+    c.export_http(&otlp::request(vec![otlp::resource_spans("orph", "node-1", spans)])).await.expect("export");
 
     let trace = c.trace(&hex(&t)).await.expect("trace");
     assert_eq!(trace["span_count"], 3, "{trace}");
@@ -75,16 +63,11 @@ async fn a_span_whose_parent_never_arrived_is_an_orphan() {
     // Only children, no root at all: root is null and a warning says so.
     let t2 = random_trace_id();
     let spans = vec![SpanBuilder::new(t2, random_span_id(), "child").parent(random_span_id()).build()];
-    c.export_http(&otlp::request(vec![otlp::resource_spans("orph", "node-1", spans)]))
-        .await
-        .expect("export");
+    c.export_http(&otlp::request(vec![otlp::resource_spans("orph", "node-1", spans)])).await.expect("export");
     let trace = c.trace(&hex(&t2)).await.expect("trace");
     assert!(trace["root"].is_null(), "no root was sent: {trace}");
     assert_eq!(trace["complete"], false, "{trace}");
-    assert!(
-        trace["warnings"].as_array().is_some_and(|w| !w.is_empty()),
-        "a missing root is warned about: {trace}"
-    );
+    assert!(trace["warnings"].as_array().is_some_and(|w| !w.is_empty()), "a missing root is warned about: {trace}");
 }
 
 fn typed_span(t: [u8; 16], id: [u8; 8]) -> Span {
@@ -108,18 +91,12 @@ fn assert_native_types(span: &Value) {
     assert!(a["t.int"].is_i64() && a["t.int"] == 42, "int stays an int: {a}");
     assert_eq!(a["t.negative"], -7, "{a}");
     assert_eq!(a["t.bool"], true, "bool stays a bool: {a}");
-    assert!(
-        a["t.double"].is_f64() && a["t.double"].as_f64() == Some(200.0),
-        "a double stays a double (200.0, not 200): {a}"
-    );
+    assert!(a["t.double"].is_f64() && a["t.double"].as_f64() == Some(200.0), "a double stays a double (200.0, not 200): {a}");
     assert_eq!(a["t.fraction"].as_f64(), Some(0.25), "{a}");
     assert_eq!(a["t.string"], "hello", "{a}");
     assert_eq!(a["t.strings"], json!(["a", "b"]), "array of strings: {a}");
     assert_eq!(a["t.ints"], json!([1, 2, 3]), "array of ints: {a}");
-    assert!(
-        a["t.ints"].as_array().is_some_and(|v| v.iter().all(Value::is_i64)),
-        "{a}"
-    );
+    assert!(a["t.ints"].as_array().is_some_and(|v| v.iter().all(Value::is_i64)), "{a}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,14 +142,11 @@ async fn attribute_types_round_trip_in_both_apis() {
     let parsed: Value = serde_json::from_str(arr["value"].as_str().unwrap_or("")).unwrap_or_default();
     assert_eq!(parsed, json!(["a", "b"]), "{arr}");
     assert_eq!(tag("span.kind")["value"], "client", "{js}");
-    assert_eq!(js["logs"][0]["fields"].to_string().contains("cache miss"), true, "{js}");
+    assert!(js["logs"][0]["fields"].to_string().contains("cache miss"), "events become logs: {js}");
     let pid = js["processID"].as_str().expect("processID");
     let process = &jt["processes"][pid];
     assert_eq!(process["serviceName"], "typed-svc", "{jt}");
-    assert!(
-        process["tags"].to_string().contains("node-typed"),
-        "process tags carry host.name: {jt}"
-    );
+    assert!(process["tags"].to_string().contains("node-typed"), "process tags carry host.name: {jt}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,29 +156,26 @@ async fn gzip_json_is_ingested() {
     let now = otlp::now_ns();
     // Hand-written OTLP/JSON: upper-case hex ids, int64 as strings and as numbers, an unknown field.
     let body = json!({"resourceSpans": [{
-        "resource": {"attributes": [
-            {"key": "service.name", "value": {"stringValue": "json-svc"}},
-            {"key": "host.name", "value": {"stringValue": "json-node"}}]},
-        "scopeSpans": [{"scope": {"name": "hand"}, "spans": [
-            {"traceId": hex(&t).to_uppercase(), "spanId": hex(&root), "name": "GET /json", "kind": 2,
-             "startTimeUnixNano": (now - 2_000_000).to_string(), "endTimeUnixNano": now.to_string(),
-             "attributes": [
-                {"key": "n", "value": {"intValue": "7"}},
-                {"key": "m", "value": {"intValue": 8}},
-                {"key": "d", "value": {"doubleValue": 1.5}},
-                {"key": "b", "value": {"boolValue": false}},
-                {"key": "arr", "value": {"arrayValue": {"values": [{"stringValue": "x"}]}}}],
-             "someFutureField": {"x": 1}},
-            {"traceId": hex(&t), "spanId": hex(&child).to_uppercase(), "parentSpanId": hex(&root),
-             "name": "child", "kind": 1,
-             "startTimeUnixNano": now - 1_000_000, "endTimeUnixNano": now - 500_000}
-        ]}]}]});
+    "resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "json-svc"}},
+        {"key": "host.name", "value": {"stringValue": "json-node"}}]},
+    "scopeSpans": [{"scope": {"name": "hand"}, "spans": [
+        {"traceId": hex(&t).to_uppercase(), "spanId": hex(&root), "name": "GET /json", "kind": 2,
+         "startTimeUnixNano": (now - 2_000_000).to_string(), "endTimeUnixNano": now.to_string(),
+         "attributes": [
+            {"key": "n", "value": {"intValue": "7"}},
+            {"key": "m", "value": {"intValue": 8}},
+            {"key": "d", "value": {"doubleValue": 1.5}},
+            {"key": "b", "value": {"boolValue": false}},
+            {"key": "arr", "value": {"arrayValue": {"values": [{"stringValue": "x"}]}}}],
+         "someFutureField": {"x": 1}},
+        {"traceId": hex(&t), "spanId": hex(&child).to_uppercase(), "parentSpanId": hex(&root),
+         "name": "child", "kind": 1,
+         "startTimeUnixNano": now - 1_000_000, "endTimeUnixNano": now - 500_000}
+    ]}]}]});
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.to_string().as_bytes()).expect("gzip");
-    let resp = c
-        .post_traces(gz.finish().expect("gzip"), "application/json", Some("gzip"))
-        .await
-        .expect("post");
+    let resp = c.post_traces(gz.finish().expect("gzip"), "application/json", Some("gzip")).await.expect("post");
     let reply = Reply::read(resp).await.expect("reply");
     assert_eq!(reply.status, 200, "{}", reply.message());
     assert!(reply.content_type.starts_with("application/json"), "answer in the request's encoding");
@@ -231,24 +202,15 @@ async fn send_timed(c: &Collector, service: &str, op: &str, dur_ms: u64, route: 
     let end = otlp::now_ns() - 30_000_000_000;
     let start = end - dur_ms * 1_000_000;
     let root = random_span_id();
-    let mut r = SpanBuilder::new(t, root, op)
-        .times(start, end)
-        .attr("http.route", string(route));
+    let mut r = SpanBuilder::new(t, root, op).times(start, end).attr("http.route", string(route));
     if error {
         r = r.error("boom");
     }
-    let child = SpanBuilder::new(t, random_span_id(), "inner")
-        .parent(root)
-        .kind(SpanKind::Internal)
-        .times(start + 1_000, end - 1_000)
-        .build();
-    c.export_http(&otlp::request(vec![otlp::resource_spans(
-        service,
-        &format!("{service}-node"),
-        vec![r.build(), child],
-    )]))
-    .await
-    .expect("export");
+    let child =
+        SpanBuilder::new(t, random_span_id(), "inner").parent(root).kind(SpanKind::Internal).times(start + 1_000, end - 1_000).build();
+    c.export_http(&otlp::request(vec![otlp::resource_spans(service, &format!("{service}-node"), vec![r.build(), child])]))
+        .await
+        .expect("export");
     hex(&t)
 }
 
@@ -310,11 +272,14 @@ async fn search_finds_the_expected_traces_in_both_apis() {
     // Newest first: `fast` was sent after `slow` but both end 30 s before sending; by start time
     // the 10 ms trace started later.
     assert_eq!(summary["trace_id"], fast.as_str(), "newest first: {v}");
+    assert_eq!(summary["root_service"], svc.as_str(), "{summary}");
+    assert_eq!(summary["root_operation"], "GET /fast", "{summary}");
+    assert_eq!(summary["span_count"], 2, "{summary}");
+    assert_eq!(summary["node_count"], 1, "{summary}");
+    assert_eq!(summary["error_count"], 1, "{summary}");
+    assert_eq!(summary["duration_ns"], 10_000_000, "{summary}");
 
-    let (status, v) = c
-        .get_json(&format!("/api/v1/traces?service={svc}&min_duration=2s&max_duration=1s"))
-        .await
-        .expect("search");
+    let (status, v) = c.get_json(&format!("/api/v1/traces?service={svc}&min_duration=2s&max_duration=1s")).await.expect("search");
     assert_eq!(status, 400, "max_duration < min_duration is a bad request: {v}");
     let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("error.message: {v}"));
     assert!(msg.contains("duration"), "{v}");
@@ -340,10 +305,7 @@ async fn search_finds_the_expected_traces_in_both_apis() {
     let v = get(format!("/api/traces?traceID={slow}&traceID={other}")).await;
     assert_eq!(jaeger_ids(&v), set(&[&slow, &other]), "{v}");
 
-    let (status, v) = c
-        .get_json(&format!("/api/traces?service={svc}&minDuration=2s&maxDuration=1s"))
-        .await
-        .expect("search");
+    let (status, v) = c.get_json(&format!("/api/traces?service={svc}&minDuration=2s&maxDuration=1s")).await.expect("search");
     assert_eq!(status, 400, "maxDuration < minDuration is a bad request: {v}");
     assert_eq!(v["errors"][0]["code"], 400, "Jaeger error envelope: {v}");
     assert!(v["errors"][0]["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -372,21 +334,11 @@ async fn metadata_and_not_found_answers() {
     let v = ok("/api/services").await;
     assert!(string_set(&v["data"]).contains(svc), "{v}");
     let v = ok("/api/services/meta-svc/operations").await;
-    assert_eq!(
-        string_set(&v["data"]),
-        ["GET /a", "GET /b", "inner"].iter().map(|s| s.to_string()).collect(),
-        "{v}"
-    );
+    assert_eq!(string_set(&v["data"]), ["GET /a", "GET /b", "inner"].iter().map(|s| s.to_string()).collect(), "{v}");
     let v = ok("/api/operations?service=meta-svc&spanKind=server").await;
     let ops = v["data"].as_array().unwrap_or_else(|| panic!("{v}"));
-    assert!(
-        ops.contains(&json!({"name": "GET /a", "spanKind": "server"})),
-        "{v}"
-    );
-    assert!(
-        ops.iter().all(|o| o["spanKind"] == "server"),
-        "spanKind filters: {v}"
-    );
+    assert!(ops.contains(&json!({"name": "GET /a", "spanKind": "server"})), "{v}");
+    assert!(ops.iter().all(|o| o["spanKind"] == "server"), "spanKind filters: {v}");
     let (status, v) = c.get_json("/api/operations").await.expect("get");
     assert_eq!(status, 400, "missing service is a bad request: {v}");
 
@@ -418,4 +370,81 @@ async fn ops_endpoints_answer() {
         text.lines().any(|l| !l.starts_with('#') && l.contains("span") && l.contains("accepted")),
         "a counter of accepted spans: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_reported_always_and_adjusted_only_when_asked() {
+    let c = Collector::start().await.expect("collector starts");
+    let (t, parent_id, child_id) = (random_trace_id(), random_span_id(), random_span_id());
+    let now = otlp::now_ns();
+    let (p_start, p_end) = (now - 100_000_000, now);
+    // The child's node clock runs 90 ms behind: it seems to start 50 ms before its parent.
+    let (c_start, c_end) = (now - 150_000_000, now - 130_000_000);
+    let parent_span = SpanBuilder::new(t, parent_id, "GET /skew").times(p_start, p_end).build();
+    let child = SpanBuilder::new(t, child_id, "handle").parent(parent_id).times(c_start, c_end).build();
+    c.export_http(&otlp::request(vec![
+        otlp::resource_spans("skew-fe", "skew-node-1", vec![parent_span]),
+        otlp::resource_spans("skew-be", "skew-node-2", vec![child]),
+    ]))
+    .await
+    .expect("export");
+
+    let raw = c.trace(&hex(&t)).await.expect("trace");
+    let skew = raw["clock_skew"].to_string();
+    assert!(skew.contains("skew-node-1") && skew.contains("skew-node-2"), "clock_skew names the node pair: {raw}");
+    assert!(raw["warnings"].to_string().to_lowercase().contains("skew"), "{raw}");
+    assert_eq!(raw["complete"], true, "skew does not make a trace incomplete: {raw}");
+    let s = &spans_by_id(&raw)[&hex(&child_id)];
+    assert_eq!(s["start_time_unix_nano"], c_start, "not adjusted unless asked: {s}");
+
+    let adjusted = c.get_json(&format!("/api/v1/traces/{}?adjust=skew", hex(&t))).await.expect("adjusted trace");
+    assert_eq!(adjusted.0, 200, "{}", adjusted.1);
+    let s = &spans_by_id(&adjusted.1)[&hex(&child_id)];
+    let (start, end) = (s["start_time_unix_nano"].as_u64().expect("start"), s["end_time_unix_nano"].as_u64().expect("end"));
+    assert!(p_start <= start && end <= p_end, "adjusted into its parent: {s}");
+    assert_eq!(end - start, c_end - c_start, "adjustment keeps the duration: {s}");
+    assert!(s["warnings"].to_string().to_lowercase().contains("adjust"), "an adjusted span carries a warning: {s}");
+
+    let jt = jaeger_trace(&c, &hex(&t)).await;
+    let js = jt["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["spanID"] == hex(&child_id).as_str())
+        .unwrap_or_else(|| panic!("child in Jaeger: {jt}"));
+    assert_eq!(js["startTime"], c_start / 1000, "Jaeger answers raw times: {js}");
+}
+
+/// The value of the first Prometheus sample whose line contains every one of `words`.
+fn metric(text: &str, words: &[&str]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#') && words.iter().all(|w| l.contains(w))).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_limits_trim_and_are_counted() {
+    let c = Collector::builder()
+        .set("otlp.max_attributes_per_span", "3")
+        .set("otlp.max_attribute_value_len", "8")
+        .start()
+        .await
+        .expect("collector starts");
+    let (t, id) = (random_trace_id(), random_span_id());
+    let span = SpanBuilder::new(t, id, "wide")
+        .attr("a", string("0123456789abcdef"))
+        .attr("b", int(1))
+        .attr("c", int(2))
+        .attr("d", int(3))
+        .attr("e", int(4))
+        .build();
+    let reply =
+        c.export_http(&otlp::request(vec![otlp::resource_spans("lim", "n", vec![span])])).await.expect("a trimmed span is still accepted");
+    assert!(reply.partial_success.is_none_or(|p| p.rejected_spans == 0), "trimming is not rejecting");
+    let trace = c.trace(&hex(&t)).await.expect("trace");
+    let a = &spans_by_id(&trace)[&hex(&id)]["attributes"];
+    assert_eq!(a.as_object().map(|o| o.len()), Some(3), "3 attributes kept: {a}");
+    assert_eq!(a["a"], "01234567", "value cut to 8 bytes: {a}");
+
+    let text = c.http().get(c.query_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metric(&text, &["attribute", "dropped"]).is_some_and(|v| v >= 2.0), "dropped attributes are counted: {text}");
+    assert!(metric(&text, &["attribute", "truncated"]).is_some_and(|v| v >= 1.0), "truncated values are counted: {text}");
 }

@@ -61,19 +61,10 @@ async fn wrong_content_type_is_415() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_body_is_413() {
-    let c = Collector::builder()
-        .set("otlp.max_body_size", "64KiB")
-        .start()
-        .await
-        .expect("collector starts");
+    let c = Collector::builder().set("otlp.max_body_size", "64KiB").start().await.expect("collector starts");
     let t = random_trace_id();
-    let spans = (0..40)
-        .map(|i| {
-            SpanBuilder::new(t, random_span_id(), format!("s{i}"))
-                .attr("payload", string("x".repeat(2000)))
-                .build()
-        })
-        .collect();
+    let spans =
+        (0..40).map(|i| SpanBuilder::new(t, random_span_id(), format!("s{i}")).attr("payload", string("x".repeat(2000))).build()).collect();
     let big = prost::Message::encode_to_vec(&otlp::request(vec![otlp::resource_spans("big", "n", spans)]));
     assert!(big.len() > 64 * 1024);
     let r = post(&c, big.clone(), "application/x-protobuf", None).await;
@@ -127,10 +118,7 @@ async fn trace_id_of_the_wrong_length_is_named() {
     let req = otlp::request(vec![otlp::resource_spans("mixed", "n", vec![good, bad])]);
     let r = post(&c, prost::Message::encode_to_vec(&req), "application/x-protobuf", None).await;
     assert_eq!(r.status, 200, "{}", r.message());
-    let (rejected, msg) = r
-        .partial_success()
-        .expect("OTLP protobuf")
-        .expect("partial_success must be set");
+    let (rejected, msg) = r.partial_success().expect("OTLP protobuf").expect("partial_success must be set");
     assert_eq!(rejected, 1, "{msg}");
     let lower = msg.to_lowercase();
     assert!(lower.contains("trace id") && lower.contains("16"), "names the trace id problem: {msg:?}");

@@ -21,11 +21,7 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         .await
         .unwrap_or_else(|_| panic!("skein-collector {args:?} did not finish in 60 s"))
         .expect("run skein-collector");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Lists the differences between two TOML tables (paths of differing keys).
@@ -55,26 +51,13 @@ async fn the_example_config_is_valid_and_equals_the_defaults() {
 
     let (ok, defaults, err) = run(&["print-default-config"], &[]).await;
     assert!(ok, "print-default-config failed: {err}");
-    let defaults: toml::Table = toml::from_str(&defaults)
-        .unwrap_or_else(|e| panic!("print-default-config is not TOML: {e}\n{defaults}"));
+    let defaults: toml::Table = toml::from_str(&defaults).unwrap_or_else(|e| panic!("print-default-config is not TOML: {e}\n{defaults}"));
     let text = std::fs::read_to_string(&example).expect("read the example");
     let example: toml::Table = toml::from_str(&text).expect("the example is TOML");
     let mut differences = Vec::new();
     diff(&example, &defaults, "", &mut differences);
-    assert!(
-        differences.is_empty(),
-        "config/collector.example.toml differs from print-default-config:\n{}",
-        differences.join("\n")
-    );
-    for key in [
-        "data_dir",
-        "otlp.grpc_addr",
-        "otlp.http_addr",
-        "otlp.max_body_size",
-        "query.addr",
-        "wal.sync",
-        "head.memory_limit",
-    ] {
+    assert!(differences.is_empty(), "config/collector.example.toml differs from print-default-config:\n{}", differences.join("\n"));
+    for key in ["data_dir", "otlp.grpc_addr", "otlp.http_addr", "otlp.max_body_size", "query.addr", "wal.sync", "head.memory_limit"] {
         let (section, leaf) = key.split_once('.').unwrap_or(("", key));
         let table = if section.is_empty() { Some(&defaults) } else { defaults.get(section).and_then(toml::Value::as_table) };
         assert!(table.is_some_and(|t| t.contains_key(leaf)), "the defaults lack {key}");
@@ -118,15 +101,9 @@ async fn unknown_keys_and_bad_values_are_refused_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_sets_config_and_flags_win() {
     // The environment lowers the body limit...
-    let c = Collector::builder()
-        .env("SKEIN_OTLP__MAX_BODY_SIZE", "1KiB")
-        .start()
-        .await
-        .expect("collector starts");
+    let c = Collector::builder().env("SKEIN_OTLP__MAX_BODY_SIZE", "1KiB").start().await.expect("collector starts");
     let t = random_trace_id();
-    let span = SpanBuilder::new(t, random_span_id(), "big")
-        .attr("payload", string("y".repeat(3000)))
-        .build();
+    let span = SpanBuilder::new(t, random_span_id(), "big").attr("payload", string("y".repeat(3000))).build();
     let body = prost::Message::encode_to_vec(&otlp::request(vec![otlp::resource_spans("env", "n", vec![span])]));
     let resp = c.post_traces(body.clone(), "application/x-protobuf", None).await.expect("post");
     let r = Reply::read(resp).await.expect("reply");

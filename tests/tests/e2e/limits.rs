@@ -11,11 +11,7 @@ const MAX_REQUESTS: usize = 400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_head_answers_429_with_retry_after() {
-    let c = Collector::builder()
-        .set("head.memory_limit", "4MiB")
-        .start()
-        .await
-        .expect("collector starts");
+    let c = Collector::builder().set("head.memory_limit", "4MiB").start().await.expect("collector starts");
 
     let mut acked = Vec::new();
     let mut refused = None;
@@ -29,10 +25,7 @@ async fn a_full_head_answers_429_with_retry_after() {
             })
             .collect();
         let req = otlp::request(vec![otlp::resource_spans("fill", "node-fill", spans)]);
-        let resp = c
-            .post_traces(prost::Message::encode_to_vec(&req), "application/x-protobuf", None)
-            .await
-            .expect("post");
+        let resp = c.post_traces(prost::Message::encode_to_vec(&req), "application/x-protobuf", None).await.expect("post");
         let r = Reply::read(resp).await.expect("reply");
         match r.status {
             200 => acked.push(hex(&t)),
@@ -43,14 +36,9 @@ async fn a_full_head_answers_429_with_retry_after() {
             other => panic!("request {i}: expected 200 or 429, got {other}: {}", r.message()),
         }
     }
-    let r = refused.unwrap_or_else(|| {
-        panic!("no 429 after {MAX_REQUESTS} requests of ~200 KiB with a 4 MiB head limit")
-    });
+    let r = refused.unwrap_or_else(|| panic!("no 429 after {MAX_REQUESTS} requests of ~200 KiB with a 4 MiB head limit"));
     assert!(!acked.is_empty(), "the head took some requests before it was full");
-    let retry_after = r
-        .headers
-        .get("retry-after")
-        .unwrap_or_else(|| panic!("429 without Retry-After: {:?}", r.headers));
+    let retry_after = r.headers.get("retry-after").unwrap_or_else(|| panic!("429 without Retry-After: {:?}", r.headers));
     let retry_after = retry_after.to_str().expect("ascii");
     assert!(retry_after.trim().parse::<u64>().is_ok(), "Retry-After in seconds: {retry_after:?}");
     assert!(!r.message().is_empty(), "429 carries a google.rpc.Status message");
@@ -60,10 +48,7 @@ async fn a_full_head_answers_429_with_retry_after() {
     let (req, _) = otlp::sample_trace("full", 1);
     let status = grpc.export(req).await.expect_err("the head is full");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.get_details_retry_info().is_some(),
-        "RESOURCE_EXHAUSTED carries RetryInfo: {status:?}"
-    );
+    assert!(status.get_details_retry_info().is_some(), "RESOURCE_EXHAUSTED carries RetryInfo: {status:?}");
 
     // Everything acked before is still there, and queries still work.
     for tid in [acked.first(), acked.last()].into_iter().flatten() {

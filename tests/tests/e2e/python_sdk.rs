@@ -50,13 +50,7 @@ fn parse_reports(stdout: &str) -> Vec<NodeReport> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|sp| {
-                        (
-                            s(&sp["span_id"]).unwrap_or_default(),
-                            s(&sp["parent_span_id"]),
-                            s(&sp["name"]).unwrap_or_default(),
-                        )
-                    })
+                    .map(|sp| (s(&sp["span_id"]).unwrap_or_default(), s(&sp["parent_span_id"]), s(&sp["name"]).unwrap_or_default()))
                     .collect(),
             }
         })
@@ -77,11 +71,7 @@ async fn python_sdk_three_processes_one_trace() {
     ]);
     let script = workspace_root().join("tests/python/otel_node.py");
     let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script)
-        .arg("--chain")
-        .arg(chain.to_string())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    cmd.arg(&script).arg("--chain").arg(chain.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
     for (k, _) in std::env::vars() {
         if k.starts_with("OTEL_") {
             cmd.env_remove(k);
@@ -93,11 +83,7 @@ async fn python_sdk_three_processes_one_trace() {
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the Python nodes failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "the Python nodes failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     let reports = parse_reports(&stdout);
     assert_eq!(reports.len(), 3, "one report per node:\n{stdout}\n{stderr}");
     let tid = reports[0].trace_id.clone();
@@ -134,21 +120,9 @@ async fn python_sdk_three_processes_one_trace() {
     assert_eq!(trace["trace_id"], tid.as_str(), "{trace}");
     assert_eq!(trace["complete"], true, "{trace}");
     assert_eq!(root_id(&trace).as_deref(), Some(roots[0].as_str()), "{trace}");
-    assert_eq!(
-        trace["warnings"].as_array().map(Vec::len),
-        Some(0),
-        "a clean trace on one machine has no warnings: {trace}"
-    );
-    assert_eq!(
-        string_set(&trace["nodes"]),
-        ["py-node-a", "py-node-b", "py-node-c"].iter().map(|s| s.to_string()).collect(),
-        "{trace}"
-    );
-    assert_eq!(
-        string_set(&trace["services"]),
-        ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(),
-        "{trace}"
-    );
+    assert_eq!(trace["warnings"].as_array().map(Vec::len), Some(0), "a clean trace on one machine has no warnings: {trace}");
+    assert_eq!(string_set(&trace["nodes"]), ["py-node-a", "py-node-b", "py-node-c"].iter().map(|s| s.to_string()).collect(), "{trace}");
+    assert_eq!(string_set(&trace["services"]), ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(), "{trace}");
     for (id, (want_parent, name, service, host)) in &expected {
         let s = &spans[id];
         assert_eq!(parent(s).as_ref(), want_parent.as_ref(), "parent of {name}: {s}");
@@ -174,15 +148,9 @@ async fn python_sdk_three_processes_one_trace() {
     assert_eq!(jaeger_span_ids(&jt), expected.keys().cloned().collect(), "{jt}");
     let processes = jt["processes"].as_object().unwrap_or_else(|| panic!("processes: {jt}"));
     assert_eq!(processes.len(), 3, "one process per node: {jt}");
-    let process_services: BTreeSet<String> = processes
-        .values()
-        .map(|p| p["serviceName"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(
-        process_services,
-        ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(),
-        "{jt}"
-    );
+    let process_services: BTreeSet<String> =
+        processes.values().map(|p| p["serviceName"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(process_services, ["py-frontend", "py-api", "py-db"].iter().map(|s| s.to_string()).collect(), "{jt}");
     for js in jt["spans"].as_array().into_iter().flatten() {
         let id = js["spanID"].as_str().unwrap_or_default();
         let (want_parent, name, service, host) = &expected[id];

@@ -20,18 +20,9 @@ impl Reply {
     pub async fn read(resp: reqwest::Response) -> Result<Self> {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
         let body = resp.bytes().await?.to_vec();
-        Ok(Self {
-            status,
-            content_type,
-            headers,
-            body,
-        })
+        Ok(Self { status, content_type, headers, body })
     }
 
     fn is_json(&self) -> bool {
@@ -57,8 +48,8 @@ impl Reply {
     /// `(rejected_spans, error_message)` of a 200 answer's partial success, if set.
     pub fn partial_success(&self) -> Result<Option<(i64, String)>> {
         if self.is_json() {
-            let v: Value = serde_json::from_slice(&self.body)
-                .with_context(|| format!("JSON answer: {}", String::from_utf8_lossy(&self.body)))?;
+            let v: Value =
+                serde_json::from_slice(&self.body).with_context(|| format!("JSON answer: {}", String::from_utf8_lossy(&self.body)))?;
             let ps = &v["partialSuccess"];
             if ps.is_null() {
                 return Ok(None);
@@ -95,10 +86,7 @@ pub fn sid(span: &Value) -> String {
 
 /// A span's parent id; `null`, missing or `""` all mean "no parent".
 pub fn parent(span: &Value) -> Option<String> {
-    span["parent_span_id"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    span["parent_span_id"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// The native trace's spans by id; panics on a duplicate span id.
@@ -135,10 +123,7 @@ pub fn string_set(v: &Value) -> BTreeSet<String> {
 
 /// The single trace of a Jaeger `GET /api/traces/{id}` answer, checking the envelope.
 pub async fn jaeger_trace(c: &Collector, tid: &str) -> Value {
-    let (status, v) = c
-        .get_json(&format!("/api/traces/{tid}"))
-        .await
-        .expect("jaeger trace");
+    let (status, v) = c.get_json(&format!("/api/traces/{tid}")).await.expect("jaeger trace");
     assert_eq!(status, 200, "{v}");
     for key in ["data", "total", "limit", "offset", "errors"] {
         assert!(v.get(key).is_some(), "Jaeger envelope lacks {key:?}: {v}");
@@ -150,10 +135,7 @@ pub async fn jaeger_trace(c: &Collector, tid: &str) -> Value {
 
 /// A Jaeger span's tag by key.
 pub fn jaeger_tag<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
-    span["tags"]
-        .as_array()?
-        .iter()
-        .find(|t| t["key"].as_str() == Some(key))
+    span["tags"].as_array()?.iter().find(|t| t["key"].as_str() == Some(key))
 }
 
 /// Jaeger's span ids in a trace (panics on a duplicate).
