@@ -25,7 +25,14 @@ pub struct CollectorConfig {
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./skein-data"), otlp: OtlpConfig::default(), query: QueryConfig::default(), wal: WalConfig::default(), head: HeadConfig::default(), log: LogConfig::default() }
+        Self {
+            data_dir: PathBuf::from("./skein-data"),
+            otlp: OtlpConfig::default(),
+            query: QueryConfig::default(),
+            wal: WalConfig::default(),
+            head: HeadConfig::default(),
+            log: LogConfig::default(),
+        }
     }
 }
 
@@ -47,7 +54,13 @@ pub struct OtlpConfig {
 
 impl Default for OtlpConfig {
     fn default() -> Self {
-        Self { grpc_addr: "0.0.0.0:4317".into(), http_addr: "0.0.0.0:4318".into(), max_body_size: ByteSize::mib(20), max_attributes_per_span: 128, max_attribute_value_len: 4096 }
+        Self {
+            grpc_addr: "0.0.0.0:4317".into(),
+            http_addr: "0.0.0.0:4318".into(),
+            max_body_size: ByteSize::mib(20),
+            max_attributes_per_span: 128,
+            max_attribute_value_len: 4096,
+        }
     }
 }
 

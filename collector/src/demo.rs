@@ -29,9 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let target = reachable(otlp_grpc);
     let endpoint = match Endpoint::from_shared(format!("http://{target}")) {
-        Ok(e) => e
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10)),
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)),
         Err(error) => {
             warn!(%error, endpoint = %target, "demo: invalid OTLP endpoint, not sending traffic");
             return;
@@ -47,13 +45,7 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
         "demo: sending simulated traffic from 3 nodes"
     );
 
-    let mut synth = Synth::new(SynthConfig {
-        seed: unix_nanos(),
-        min_spans: 8,
-        max_spans: 30,
-        error_ratio: 0.08,
-        slow_ratio: 0.05,
-    });
+    let mut synth = Synth::new(SynthConfig { seed: unix_nanos(), min_spans: 8, max_spans: 30, error_ratio: 0.08, slow_ratio: 0.05 });
     let mut tick = tokio::time::interval(TRACE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
@@ -69,12 +61,7 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
                     if let Some(partial) = response.into_inner().partial_success
                         && partial.rejected_spans > 0
                     {
-                        debug!(
-                            node,
-                            rejected = partial.rejected_spans,
-                            message = partial.error_message,
-                            "demo: collector rejected spans"
-                        );
+                        debug!(node, rejected = partial.rejected_spans, message = partial.error_message, "demo: collector rejected spans");
                     }
                 }
                 Err(status) => {
@@ -136,20 +123,14 @@ fn backoff(attempt: u32) -> Duration {
 /// A listener bound to `0.0.0.0` or `::` is reached over loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
         _ => addr,
     }
 }
 
 fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -41,7 +41,10 @@ impl Collector {
     }
 
     fn ready_store(&self) -> Result<&Arc<Store>, ApiError> {
-        self.store.get().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "collector is starting: replaying the write-ahead log").with_retry_after(Duration::from_secs(1)))
+        self.store.get().ok_or_else(|| {
+            ApiError::new(ErrorCode::Unavailable, "collector is starting: replaying the write-ahead log")
+                .with_retry_after(Duration::from_secs(1))
+        })
     }
 }
 

@@ -53,7 +53,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
         cfg.data_dir = d.clone();
     }
     for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("query.addr", &cfg.query.addr)] {
-        addr.parse::<SocketAddr>().map_err(|e| anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"0.0.0.0:4317\""))?;
+        addr.parse::<SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"0.0.0.0:4317\"")
+        })?;
     }
     Ok(cfg)
 }
@@ -134,8 +136,10 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(skein_server::grpc_trace_service(collector.clone(), max_body, Arc::clone(&metrics)))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(shutdown_rx.clone()));
-    let http = axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), max_body, Arc::clone(&metrics))).with_graceful_shutdown(wait(shutdown_rx.clone()));
-    let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics))).with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let http = axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), max_body, Arc::clone(&metrics)))
+        .with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics)))
+        .with_graceful_shutdown(wait(shutdown_rx.clone()));
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let query = tokio::spawn(async move { query.await });
@@ -144,7 +148,10 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
 
     let store_cfg = StoreConfig {
         memory_limit: cfg.head.memory_limit.bytes(),
-        limits: skein_otlp::Limits { max_attributes_per_span: cfg.otlp.max_attributes_per_span, max_attribute_value_len: cfg.otlp.max_attribute_value_len },
+        limits: skein_otlp::Limits {
+            max_attributes_per_span: cfg.otlp.max_attributes_per_span,
+            max_attribute_value_len: cfg.otlp.max_attribute_value_len,
+        },
         wal: skein_wal::WalOptions {
             segment_size: cfg.wal.segment_size.bytes(),
             sync: match cfg.wal.sync {
@@ -159,7 +166,15 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     let opened = tokio::task::spawn_blocking(move || Store::open(&dir, store_cfg)).await?;
     match opened {
         Ok((store, report)) => {
-            tracing::info!(records = report.records, bytes = report.bytes, segments = report.segments, corruptions = report.corruptions.len(), spans = store.head().stats().rows, elapsed_ms = started.elapsed().as_millis() as u64, "write-ahead log replayed; ready");
+            tracing::info!(
+                records = report.records,
+                bytes = report.bytes,
+                segments = report.segments,
+                corruptions = report.corruptions.len(),
+                spans = store.head().stats().rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "write-ahead log replayed; ready"
+            );
             collector.set_store(Arc::new(store));
         }
         Err(e) => {

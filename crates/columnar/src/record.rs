@@ -93,10 +93,7 @@ impl SpanRecord {
 
     /// Looks up a resource attribute by key.
     pub fn resource_attr(&self, key: &str) -> Option<&TypedValue> {
-        self.resource
-            .iter()
-            .find(|a| a.key == key)
-            .map(|a| &a.value)
+        self.resource.iter().find(|a| a.key == key).map(|a| &a.value)
     }
 
     /// Lower-case span kind name as Jaeger and OTel print it (`server`, `client`, …).

@@ -8,9 +8,8 @@
 use crate::record::{Attr, EventRecord, LinkRecord, SpanRecord};
 use crate::value::{self, TypedValue};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, DictionaryArray, FixedSizeBinaryArray, Int8Array,
-    Int64Array, ListArray, MapArray, RecordBatch, StringArray, StringDictionaryBuilder,
-    StructArray, TimestampNanosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, DictionaryArray, FixedSizeBinaryArray, Int8Array, Int64Array, ListArray, MapArray, RecordBatch,
+    StringArray, StringDictionaryBuilder, StructArray, TimestampNanosecondArray, UInt32Array,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
@@ -66,10 +65,7 @@ fn dict() -> DataType {
 fn map_entries() -> Arc<Field> {
     Arc::new(Field::new(
         "entries",
-        DataType::Struct(Fields::from(vec![
-            Field::new("keys", DataType::Utf8, false),
-            Field::new("values", DataType::Utf8, true),
-        ])),
+        DataType::Struct(Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)])),
         false,
     ))
 }
@@ -125,16 +121,8 @@ pub fn schema() -> SchemaRef {
             Field::new("attribute_types", DataType::Binary, false),
             Field::new("scope_name", dict(), true),
             Field::new("scope_version", dict(), true),
-            Field::new(
-                "events",
-                DataType::List(Arc::new(Field::new_struct("item", event_fields(), false))),
-                false,
-            ),
-            Field::new(
-                "links",
-                DataType::List(Arc::new(Field::new_struct("item", link_fields(), false))),
-                false,
-            ),
+            Field::new("events", DataType::List(Arc::new(Field::new_struct("item", event_fields(), false))), false),
+            Field::new("links", DataType::List(Arc::new(Field::new_struct("item", link_fields(), false))), false),
             Field::new("dropped_attributes_count", DataType::UInt32, false),
             Field::new("dropped_events_count", DataType::UInt32, false),
             Field::new("dropped_links_count", DataType::UInt32, false),
@@ -153,10 +141,7 @@ struct StrCol {
 
 impl StrCol {
     fn new() -> Self {
-        Self {
-            offsets: vec![0],
-            ..Default::default()
-        }
+        Self { offsets: vec![0], ..Default::default() }
     }
     fn push(&mut self, s: &str) {
         self.data.push_str(s);
@@ -176,11 +161,7 @@ impl StrCol {
     }
     fn finish(self) -> StringArray {
         let nulls = self.any_null.then(|| NullBuffer::from(self.valid));
-        StringArray::new(
-            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
-            Buffer::from(self.data.into_bytes()),
-            nulls,
-        )
+        StringArray::new(OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets))), Buffer::from(exact(self.data.into_bytes())), nulls)
     }
 }
 
@@ -194,12 +175,7 @@ struct MapCol {
 
 impl MapCol {
     fn new() -> Self {
-        Self {
-            offsets: vec![0],
-            keys: StrCol::new(),
-            values: StrCol::new(),
-            tags: Vec::new(),
-        }
+        Self { offsets: vec![0], keys: StrCol::new(), values: StrCol::new(), tags: Vec::new() }
     }
 
     fn push(&mut self, attrs: &[KeyValue]) {
@@ -213,30 +189,36 @@ impl MapCol {
     }
 
     fn finish(self) -> (MapArray, BinaryArray) {
-        let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets)));
         let entries = StructArray::new(
             match map_entries().data_type() {
                 DataType::Struct(f) => f.clone(),
                 _ => unreachable!("map entries are a struct"),
             },
-            vec![
-                Arc::new(self.keys.finish()) as ArrayRef,
-                Arc::new(self.values.finish()),
-            ],
+            vec![Arc::new(self.keys.finish()) as ArrayRef, Arc::new(self.values.finish())],
             None,
         );
         let map = MapArray::new(map_entries(), offsets.clone(), entries, None, false);
-        let tags = BinaryArray::new(offsets, Buffer::from(self.tags), None);
+        let tags = BinaryArray::new(offsets, Buffer::from(exact(self.tags)), None);
         (map, tags)
     }
 }
 
-fn fsb(
-    size: i32,
-    data: Vec<u8>,
-    nulls: Option<NullBuffer>,
-) -> Result<FixedSizeBinaryArray, ArrowError> {
+fn fsb(size: i32, data: Vec<u8>, nulls: Option<NullBuffer>) -> Result<FixedSizeBinaryArray, ArrowError> {
     FixedSizeBinaryArray::try_new(size, Buffer::from(data), nulls)
+}
+
+/// A dictionary builder sized for `rows` rows of a low-cardinality column: the default
+/// capacity (1024 values) would cost more than the column itself for small batches.
+fn dict_builder(rows: usize) -> StringDictionaryBuilder<Int32Type> {
+    StringDictionaryBuilder::with_capacity(rows, 8, 256)
+}
+
+/// `v` without spare capacity: a batch lives in the head for a long time, and the memory limit
+/// counts what buffers hold, not what they use.
+fn exact<T>(mut v: Vec<T>) -> Vec<T> {
+    v.shrink_to_fit();
+    v
 }
 
 fn first_str<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
@@ -266,36 +248,27 @@ pub fn service_of(resource_attrs: &[KeyValue]) -> &str {
 /// # Errors
 /// Only if the request was not validated (an id of the wrong length).
 pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError> {
-    let n: usize = req
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
+    let n: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut trace_ids = Vec::with_capacity(n * 16);
     let mut span_ids = Vec::with_capacity(n * 8);
     let mut parent_ids = Vec::with_capacity(n * 8);
     let mut parent_valid = Vec::with_capacity(n);
     let mut trace_state = StrCol::new();
     let mut flags = Vec::with_capacity(n);
-    let mut names = StringDictionaryBuilder::<Int32Type>::new();
+    let mut names = dict_builder(n);
     let mut kinds = Vec::with_capacity(n);
     let mut starts = Vec::with_capacity(n);
     let mut ends = Vec::with_capacity(n);
     let mut durations = Vec::with_capacity(n);
     let mut status_codes = Vec::with_capacity(n);
     let mut status_msgs = StrCol::new();
-    let mut services = StringDictionaryBuilder::<Int32Type>::new();
-    let mut nodes = StringDictionaryBuilder::<Int32Type>::new();
+    let mut services = dict_builder(n);
+    let mut nodes = dict_builder(n);
     let mut res_attrs = MapCol::new();
     let mut attrs = MapCol::new();
-    let mut scope_names = StringDictionaryBuilder::<Int32Type>::new();
-    let mut scope_versions = StringDictionaryBuilder::<Int32Type>::new();
-    let mut dropped = [
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    ];
+    let mut scope_names = dict_builder(n);
+    let mut scope_versions = dict_builder(n);
+    let mut dropped = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
     // events
     let mut ev_offsets = vec![0i32];
     let mut ev_time = Vec::new();
@@ -312,11 +285,7 @@ pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError>
 
     for rs in &req.resource_spans {
         let empty = Vec::new();
-        let rattrs = rs
-            .resource
-            .as_ref()
-            .map(|r| &r.attributes)
-            .unwrap_or(&empty);
+        let rattrs = rs.resource.as_ref().map(|r| &r.attributes).unwrap_or(&empty);
         let service = service_of(rattrs);
         let node = node_of(rattrs);
         for ss in &rs.scope_spans {
@@ -339,11 +308,7 @@ pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError>
                 starts.push(st);
                 ends.push(en);
                 durations.push(en - st);
-                let (code, msg) = s
-                    .status
-                    .as_ref()
-                    .map(|st| (st.code, st.message.as_str()))
-                    .unwrap_or((0, ""));
+                let (code, msg) = s.status.as_ref().map(|st| (st.code, st.message.as_str())).unwrap_or((0, ""));
                 status_codes.push(code.clamp(0, 127) as i8);
                 status_msgs.push_opt(msg);
                 services.append_value(service);
@@ -420,11 +385,7 @@ pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError>
         None,
     )?;
 
-    let parent_nulls = if parent_valid.iter().all(|v| *v) {
-        None
-    } else {
-        Some(NullBuffer::from(parent_valid))
-    };
+    let parent_nulls = if parent_valid.iter().all(|v| *v) { None } else { Some(NullBuffer::from(parent_valid)) };
     let [d0, d1, d2] = dropped;
     RecordBatch::try_new(
         schema(),
@@ -467,10 +428,7 @@ pub struct DictStr<'a> {
 impl<'a> DictStr<'a> {
     fn new(a: &'a ArrayRef) -> Self {
         let d: &DictionaryArray<Int32Type> = a.as_dictionary();
-        Self {
-            keys: d.keys(),
-            values: d.values().as_string::<i32>(),
-        }
+        Self { keys: d.keys(), values: d.values().as_string::<i32>() }
     }
     /// The value at `row`, `None` when null.
     pub fn get(&self, row: usize) -> Option<&'a str> {
@@ -529,10 +487,7 @@ fn read_map(map: &MapArray, types: &BinaryArray, row: usize) -> Vec<Attr> {
     (0..entries.len())
         .map(|i| Attr {
             key: keys.value(i).to_string(),
-            value: value::parse(
-                tags.get(i).copied().unwrap_or(value::tag::STRING),
-                vals.value(i),
-            ),
+            value: value::parse(tags.get(i).copied().unwrap_or(value::tag::STRING), vals.value(i)),
         })
         .collect()
 }
@@ -641,10 +596,7 @@ impl<'a> SpanView<'a> {
     pub fn record(&self, row: usize) -> SpanRecord {
         let opt_str = |a: &StringArray| a.is_valid(row).then(|| a.value(row).to_string());
         let events = {
-            let (s, e) = (
-                self.events.value_offsets()[row] as usize,
-                self.events.value_offsets()[row + 1] as usize,
-            );
+            let (s, e) = (self.events.value_offsets()[row] as usize, self.events.value_offsets()[row + 1] as usize);
             let st = self.events.values().as_struct();
             let time: &TimestampNanosecondArray = st.column(0).as_primitive();
             let name = st.column(1).as_string::<i32>();
@@ -659,10 +611,7 @@ impl<'a> SpanView<'a> {
                 .collect()
         };
         let links = {
-            let (s, e) = (
-                self.links.value_offsets()[row] as usize,
-                self.links.value_offsets()[row + 1] as usize,
-            );
+            let (s, e) = (self.links.value_offsets()[row] as usize, self.links.value_offsets()[row + 1] as usize);
             let st = self.links.values().as_struct();
             let tid = st.column(0).as_fixed_size_binary();
             let sid = st.column(1).as_fixed_size_binary();
@@ -683,10 +632,7 @@ impl<'a> SpanView<'a> {
         SpanRecord {
             trace_id: TraceId(self.trace_id(row)),
             span_id: SpanId(self.span_id(row)),
-            parent_span_id: self
-                .parent
-                .is_valid(row)
-                .then(|| SpanId(self.parent.value(row).try_into().unwrap_or([0; 8]))),
+            parent_span_id: self.parent.is_valid(row).then(|| SpanId(self.parent.value(row).try_into().unwrap_or([0; 8]))),
             trace_state: opt_str(self.trace_state),
             flags: self.flags.value(row),
             name: self.name.get(row).unwrap_or_default().to_string(),
@@ -715,9 +661,7 @@ fn map_lookup<'a>(map: &'a MapArray, row: usize, key: &str) -> Option<&'a str> {
     let (s, e) = (offsets[row] as usize, offsets[row + 1] as usize);
     let keys = map.keys().as_string::<i32>();
     let vals = map.values().as_string::<i32>();
-    (s..e)
-        .find(|&i| keys.value(i) == key)
-        .map(|i| vals.value(i))
+    (s..e).find(|&i| keys.value(i) == key).map(|i| vals.value(i))
 }
 
 /// Reads a typed value of the attribute `key` in a record's attribute list.
@@ -728,18 +672,12 @@ pub fn find_attr<'r>(attrs: &'r [Attr], key: &str) -> Option<&'r TypedValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skein_otlp::proto::common::v1::{
-        AnyValue, ArrayValue, InstrumentationScope, any_value::Value,
-    };
+    use skein_otlp::proto::common::v1::{AnyValue, ArrayValue, InstrumentationScope, any_value::Value};
     use skein_otlp::proto::resource::v1::Resource;
     use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
 
     fn kv(k: &str, v: Value) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue { value: Some(v) }),
-            ..Default::default()
-        }
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
     }
 
     fn request() -> ExportTraceServiceRequest {
@@ -754,14 +692,7 @@ mod tests {
                 kv("http.response.status_code", Value::IntValue(200)),
                 kv("ok", Value::BoolValue(true)),
                 kv("ratio", Value::DoubleValue(0.5)),
-                kv(
-                    "tags",
-                    Value::ArrayValue(ArrayValue {
-                        values: vec![AnyValue {
-                            value: Some(Value::StringValue("a".into())),
-                        }],
-                    }),
-                ),
+                kv("tags", Value::ArrayValue(ArrayValue { values: vec![AnyValue { value: Some(Value::StringValue("a".into())) }] })),
             ],
             events: vec![span::Event {
                 time_unix_nano: 2_000,
@@ -769,10 +700,7 @@ mod tests {
                 attributes: vec![kv("exception.type", Value::StringValue("Boom".into()))],
                 dropped_attributes_count: 0,
             }],
-            status: Some(Status {
-                message: "bad".into(),
-                code: 2,
-            }),
+            status: Some(Status { message: "bad".into(), code: 2 }),
             ..Default::default()
         };
         let child = Span {
@@ -783,11 +711,7 @@ mod tests {
             kind: 3,
             start_time_unix_nano: 2_000,
             end_time_unix_nano: 3_000,
-            links: vec![span::Link {
-                trace_id: vec![9; 16],
-                span_id: vec![9; 8],
-                ..Default::default()
-            }],
+            links: vec![span::Link { trace_id: vec![9; 16], span_id: vec![9; 8], ..Default::default() }],
             ..Default::default()
         };
         ExportTraceServiceRequest {
@@ -800,11 +724,7 @@ mod tests {
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "lib".into(),
-                        version: "1.0".into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(InstrumentationScope { name: "lib".into(), version: "1.0".into(), ..Default::default() }),
                     spans: vec![root, child],
                     ..Default::default()
                 }],
@@ -825,22 +745,10 @@ mod tests {
         assert_eq!(r.duration_ns(), 4_000);
         assert_eq!(r.status_code, 2);
         assert_eq!(r.status_message.as_deref(), Some("bad"));
-        assert_eq!(
-            find_attr(&r.attributes, "http.response.status_code"),
-            Some(&TypedValue::Int(200))
-        );
-        assert_eq!(
-            find_attr(&r.attributes, "ok"),
-            Some(&TypedValue::Bool(true))
-        );
-        assert_eq!(
-            find_attr(&r.attributes, "ratio"),
-            Some(&TypedValue::Double(0.5))
-        );
-        assert_eq!(
-            find_attr(&r.attributes, "tags"),
-            Some(&TypedValue::Json(serde_json::json!(["a"])))
-        );
+        assert_eq!(find_attr(&r.attributes, "http.response.status_code"), Some(&TypedValue::Int(200)));
+        assert_eq!(find_attr(&r.attributes, "ok"), Some(&TypedValue::Bool(true)));
+        assert_eq!(find_attr(&r.attributes, "ratio"), Some(&TypedValue::Double(0.5)));
+        assert_eq!(find_attr(&r.attributes, "tags"), Some(&TypedValue::Json(serde_json::json!(["a"]))));
         assert_eq!(r.events.len(), 1);
         assert_eq!(r.events[0].attributes[0].key, "exception.type");
         assert_eq!(r.scope_name.as_deref(), Some("lib"));

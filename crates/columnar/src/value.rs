@@ -86,15 +86,7 @@ pub fn render(v: Option<&AnyValue>, out: &mut String) -> u8 {
         }
         Some(Value::KvlistValue(kv)) => {
             let j = Json::Object(
-                kv.values
-                    .iter()
-                    .map(|kv| {
-                        (
-                            kv.key.clone(),
-                            kv.value.as_ref().map(any_to_json).unwrap_or(Json::Null),
-                        )
-                    })
-                    .collect(),
+                kv.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_json).unwrap_or(Json::Null))).collect(),
             );
             out.push_str(&j.to_string());
             tag::KVLIST
@@ -109,24 +101,12 @@ fn any_to_json(v: &AnyValue) -> Json {
         Some(Value::StringValue(s)) => Json::String(s.clone()),
         Some(Value::BoolValue(b)) => Json::Bool(*b),
         Some(Value::IntValue(i)) => Json::from(*i),
-        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d)
-            .map(Json::Number)
-            .unwrap_or_else(|| Json::String(d.to_string())),
-        Some(Value::BytesValue(b)) => {
-            Json::String(base64::engine::general_purpose::STANDARD.encode(b))
-        }
+        Some(Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map(Json::Number).unwrap_or_else(|| Json::String(d.to_string())),
+        Some(Value::BytesValue(b)) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
         Some(Value::ArrayValue(a)) => Json::Array(a.values.iter().map(any_to_json).collect()),
-        Some(Value::KvlistValue(kv)) => Json::Object(
-            kv.values
-                .iter()
-                .map(|kv| {
-                    (
-                        kv.key.clone(),
-                        kv.value.as_ref().map(any_to_json).unwrap_or(Json::Null),
-                    )
-                })
-                .collect(),
-        ),
+        Some(Value::KvlistValue(kv)) => {
+            Json::Object(kv.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_json).unwrap_or(Json::Null))).collect())
+        }
         Some(Value::StringValueStrindex(_)) | None => Json::Null,
     }
 }
@@ -136,21 +116,12 @@ fn any_to_json(v: &AnyValue) -> Json {
 pub fn parse(tag: u8, s: &str) -> TypedValue {
     match tag {
         tag::BOOL => TypedValue::Bool(s == "true"),
-        tag::INT => s
-            .parse()
-            .map(TypedValue::Int)
-            .unwrap_or_else(|_| TypedValue::String(s.to_string())),
-        tag::DOUBLE => s
-            .parse()
-            .map(TypedValue::Double)
-            .unwrap_or_else(|_| TypedValue::String(s.to_string())),
-        tag::BYTES => base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map(TypedValue::Bytes)
-            .unwrap_or_else(|_| TypedValue::String(s.to_string())),
-        tag::ARRAY | tag::KVLIST => serde_json::from_str(s)
-            .map(TypedValue::Json)
-            .unwrap_or_else(|_| TypedValue::String(s.to_string())),
+        tag::INT => s.parse().map(TypedValue::Int).unwrap_or_else(|_| TypedValue::String(s.to_string())),
+        tag::DOUBLE => s.parse().map(TypedValue::Double).unwrap_or_else(|_| TypedValue::String(s.to_string())),
+        tag::BYTES => {
+            base64::engine::general_purpose::STANDARD.decode(s).map(TypedValue::Bytes).unwrap_or_else(|_| TypedValue::String(s.to_string()))
+        }
+        tag::ARRAY | tag::KVLIST => serde_json::from_str(s).map(TypedValue::Json).unwrap_or_else(|_| TypedValue::String(s.to_string())),
         tag::EMPTY => TypedValue::Empty,
         _ => TypedValue::String(s.to_string()),
     }
@@ -164,9 +135,7 @@ impl TypedValue {
             Self::String(s) => Json::String(s.clone()),
             Self::Bool(b) => Json::Bool(*b),
             Self::Int(i) => Json::from(*i),
-            Self::Double(d) => serde_json::Number::from_f64(*d)
-                .map(Json::Number)
-                .unwrap_or_else(|| Json::String(d.to_string())),
+            Self::Double(d) => serde_json::Number::from_f64(*d).map(Json::Number).unwrap_or_else(|| Json::String(d.to_string())),
             Self::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
             Self::Json(j) => j.clone(),
             Self::Empty => Json::Null,
@@ -212,23 +181,10 @@ mod tests {
         assert_eq!(rt(Value::BoolValue(true)), TypedValue::Bool(true));
         assert_eq!(rt(Value::DoubleValue(0.1)), TypedValue::Double(0.1));
         assert_eq!(rt(Value::DoubleValue(200.0)), TypedValue::Double(200.0));
-        assert_eq!(
-            rt(Value::StringValue("true".into())),
-            TypedValue::String("true".into())
-        );
-        assert_eq!(
-            rt(Value::BytesValue(vec![0, 255, 7])),
-            TypedValue::Bytes(vec![0, 255, 7])
-        );
+        assert_eq!(rt(Value::StringValue("true".into())), TypedValue::String("true".into()));
+        assert_eq!(rt(Value::BytesValue(vec![0, 255, 7])), TypedValue::Bytes(vec![0, 255, 7]));
         let arr = Value::ArrayValue(ArrayValue {
-            values: vec![
-                AnyValue {
-                    value: Some(Value::StringValue("a".into())),
-                },
-                AnyValue {
-                    value: Some(Value::IntValue(2)),
-                },
-            ],
+            values: vec![AnyValue { value: Some(Value::StringValue("a".into())) }, AnyValue { value: Some(Value::IntValue(2)) }],
         });
         assert_eq!(rt(arr), TypedValue::Json(serde_json::json!(["a", 2])));
         assert_eq!(TypedValue::Double(200.0).to_json().to_string(), "200.0");

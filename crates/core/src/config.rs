@@ -30,10 +30,7 @@ pub enum ConfigError {
     NotATable { key: String, parent: String },
     /// The merged configuration does not fit the schema (unknown key, wrong type).
     #[error("invalid configuration{}: {message}", origin.as_deref().map(|o| format!(" ({o})")).unwrap_or_default())]
-    Invalid {
-        origin: Option<String>,
-        message: String,
-    },
+    Invalid { origin: Option<String>, message: String },
 }
 
 /// Loads `T` from an optional TOML file, the environment variables starting with `env_prefix`
@@ -49,15 +46,8 @@ pub fn load<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut root = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-            text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            text.parse::<toml::Table>().map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?
         }
         None => toml::Table::new(),
     };
@@ -73,9 +63,7 @@ pub fn load<T: DeserializeOwned>(
         }
     }
     for o in overrides {
-        let (k, v) = o
-            .split_once('=')
-            .ok_or_else(|| ConfigError::Override(o.clone()))?;
+        let (k, v) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone()))?;
         set_path(&mut root, k.trim(), v.trim())?;
     }
     T::deserialize(toml::Value::Table(root)).map_err(|e| ConfigError::Invalid {
@@ -84,8 +72,7 @@ pub fn load<T: DeserializeOwned>(
         } else {
             Some(format!(
                 "file {}, environment {}",
-                file.map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "none".into()),
+                file.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
                 origins.join(", ")
             ))
         },
@@ -106,13 +93,8 @@ fn set_path(root: &mut toml::Table, key: &str, value: &str) -> Result<(), Config
     let parts: Vec<&str> = key.split('.').collect();
     let mut table = root;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        let entry = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| ConfigError::NotATable {
-            key: key.to_string(),
-            parent: parts[..=i].join("."),
-        })?;
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::NotATable { key: key.to_string(), parent: parts[..=i].join(".") })?;
     }
     table.insert(parts[parts.len() - 1].to_string(), parse_scalar(value));
     Ok(())
@@ -143,27 +125,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
         std::fs::write(&f, "flag = false\n[head]\nlimit = 1\nname = \"file\"\n").unwrap();
-        let env = vec![
-            ("SKEIN_HEAD__LIMIT".to_string(), "2".to_string()),
-            ("OTHER".into(), "x".into()),
-        ];
-        let c: Cfg = load(
-            Some(&f),
-            env,
-            "SKEIN_",
-            &["head.name=flag".into(), "flag=true".into()],
-        )
-        .unwrap();
-        assert_eq!(
-            c,
-            Cfg {
-                head: Inner {
-                    limit: 2,
-                    name: "flag".into()
-                },
-                flag: true
-            }
-        );
+        let env = vec![("SKEIN_HEAD__LIMIT".to_string(), "2".to_string()), ("OTHER".into(), "x".into())];
+        let c: Cfg = load(Some(&f), env, "SKEIN_", &["head.name=flag".into(), "flag=true".into()]).unwrap();
+        assert_eq!(c, Cfg { head: Inner { limit: 2, name: "flag".into() }, flag: true });
     }
 
     #[test]

@@ -53,10 +53,7 @@ impl ErrorCode {
 
     /// Whether a client may send the same request again later.
     pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            Self::ResourceExhausted | Self::Unavailable | Self::Timeout
-        )
+        matches!(self, Self::ResourceExhausted | Self::Unavailable | Self::Timeout)
     }
 
     /// Stable machine-readable name used in JSON error bodies.

@@ -7,21 +7,13 @@ use std::fmt;
 pub enum IdError {
     /// The id had the wrong number of bytes (or hex digits).
     #[error("{what} must be {expected} bytes ({} hex digits), got {got} bytes", expected * 2)]
-    Length {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Length { what: &'static str, expected: usize, got: usize },
     /// The id was all zeroes, which OTLP defines as invalid.
     #[error("{what} must not be all zeroes")]
     Zero { what: &'static str },
     /// A character was not a hex digit.
     #[error("{what} is not hex: invalid character {ch:?} at position {pos}")]
-    Hex {
-        what: &'static str,
-        ch: char,
-        pos: usize,
-    },
+    Hex { what: &'static str, ch: char, pos: usize },
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -54,11 +46,7 @@ fn nibble(c: u8) -> Option<u8> {
 fn decode_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N], IdError> {
     let b = s.as_bytes();
     if b.len() != N * 2 {
-        return Err(IdError::Length {
-            what,
-            expected: N,
-            got: b.len() / 2,
-        });
+        return Err(IdError::Length { what, expected: N, got: b.len() / 2 });
     }
     let mut out = [0u8; N];
     for (i, pair) in b.chunks_exact(2).enumerate() {
@@ -67,18 +55,10 @@ fn decode_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N], Id
         match (hi, lo) {
             (Some(h), Some(l)) => out[i] = (h << 4) | l,
             (None, _) => {
-                return Err(IdError::Hex {
-                    what,
-                    ch: s[i * 2..].chars().next().unwrap_or('?'),
-                    pos: i * 2,
-                });
+                return Err(IdError::Hex { what, ch: s[i * 2..].chars().next().unwrap_or('?'), pos: i * 2 });
             }
             (_, None) => {
-                return Err(IdError::Hex {
-                    what,
-                    ch: s[i * 2 + 1..].chars().next().unwrap_or('?'),
-                    pos: i * 2 + 1,
-                });
+                return Err(IdError::Hex { what, ch: s[i * 2 + 1..].chars().next().unwrap_or('?'), pos: i * 2 + 1 });
             }
         }
     }
@@ -97,11 +77,7 @@ macro_rules! id_type {
 
             /// Parses an id from raw bytes, rejecting a wrong length or all zeroes.
             pub fn from_slice(b: &[u8]) -> Result<Self, IdError> {
-                let arr: [u8; $n] = b.try_into().map_err(|_| IdError::Length {
-                    what: $what,
-                    expected: $n,
-                    got: b.len(),
-                })?;
+                let arr: [u8; $n] = b.try_into().map_err(|_| IdError::Length { what: $what, expected: $n, got: b.len() })?;
                 if arr == [0u8; $n] {
                     return Err(IdError::Zero { what: $what });
                 }
@@ -145,11 +121,7 @@ impl TraceId {
     /// zeroes (a 16-digit id is a 64-bit trace id).
     pub fn from_hex_padded(s: &str) -> Result<Self, IdError> {
         if s.is_empty() || s.len() > 32 {
-            return Err(IdError::Length {
-                what: "trace id",
-                expected: 16,
-                got: s.len() / 2,
-            });
+            return Err(IdError::Length { what: "trace id", expected: 16, got: s.len() / 2 });
         }
         let mut padded = String::with_capacity(32);
         for _ in s.len()..32 {
@@ -168,33 +140,16 @@ mod tests {
     fn hex_round_trip() {
         let t = TraceId::from_hex("0AF7651916CD43DD8448EB211C80319C").unwrap();
         assert_eq!(t.to_hex(), "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(
-            SpanId::from_hex("b7ad6b7169203331").unwrap().to_string(),
-            "b7ad6b7169203331"
-        );
+        assert_eq!(SpanId::from_hex("b7ad6b7169203331").unwrap().to_string(), "b7ad6b7169203331");
     }
 
     #[test]
     fn rejects_bad_ids() {
-        assert!(matches!(
-            TraceId::from_hex("abc"),
-            Err(IdError::Length { .. })
-        ));
-        assert!(matches!(
-            SpanId::from_slice(&[0; 8]),
-            Err(IdError::Zero { .. })
-        ));
+        assert!(matches!(TraceId::from_hex("abc"), Err(IdError::Length { .. })));
+        assert!(matches!(SpanId::from_slice(&[0; 8]), Err(IdError::Zero { .. })));
         let e = SpanId::from_hex("b7ad6b71692033zz").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "span id is not hex: invalid character 'z' at position 14"
-        );
-        assert!(
-            SpanId::from_slice(&[1; 7])
-                .unwrap_err()
-                .to_string()
-                .contains("got 7 bytes")
-        );
+        assert_eq!(e.to_string(), "span id is not hex: invalid character 'z' at position 14");
+        assert!(SpanId::from_slice(&[1; 7]).unwrap_err().to_string().contains("got 7 bytes"));
     }
 
     #[test]

@@ -29,9 +29,7 @@ impl FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid size {s:?}: expected a number followed by B, KiB, MiB or GiB")
-        })?;
+        let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected a number followed by B, KiB, MiB or GiB"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "K" | "k" => 1 << 10,
@@ -42,14 +40,10 @@ impl FromStr for ByteSize {
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
             other => {
-                return Err(format!(
-                    "invalid size {s:?}: unknown unit {other:?}, expected B, KiB, MiB, GiB, KB, MB or GB"
-                ));
+                return Err(format!("invalid size {s:?}: unknown unit {other:?}, expected B, KiB, MiB, GiB, KB, MB or GB"));
             }
         };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("invalid size {s:?}: too large"))
     }
 }
 
@@ -118,9 +112,7 @@ impl FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, String> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| {
-                format!("invalid duration {s:?}: {e} (expected e.g. \"500ms\", \"5s\", \"1h\")")
-            })
+            .map_err(|e| format!("invalid duration {s:?}: {e} (expected e.g. \"500ms\", \"5s\", \"1h\")"))
     }
 }
 
@@ -158,12 +150,7 @@ mod tests {
         assert_eq!("20MiB".parse::<ByteSize>().unwrap(), ByteSize::mib(20));
         assert_eq!("1GB".parse::<ByteSize>().unwrap().bytes(), 1_000_000_000);
         assert_eq!(ByteSize::mib(20).to_string(), "20MiB");
-        assert!(
-            "20 parsecs"
-                .parse::<ByteSize>()
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!("20 parsecs".parse::<ByteSize>().unwrap_err().contains("unknown unit"));
     }
 
     #[test]

@@ -21,12 +21,7 @@ impl Encoding {
     /// [`DecodeError::ContentType`] for anything but protobuf or JSON.
     pub fn from_content_type(ct: Option<&str>) -> Result<Self, DecodeError> {
         let raw = ct.unwrap_or("");
-        let essence = raw
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         match essence.as_str() {
             "application/x-protobuf" | "application/protobuf" => Ok(Self::Protobuf),
             "application/json" => Ok(Self::Json),
@@ -85,15 +80,8 @@ impl DecodeError {
 ///
 /// # Errors
 /// Unknown encodings, damaged gzip, or an inflated size over `limit`.
-pub fn decompress(
-    body: Bytes,
-    content_encoding: Option<&str>,
-    limit: usize,
-) -> Result<Bytes, DecodeError> {
-    match content_encoding
-        .map(|s| s.trim().to_ascii_lowercase())
-        .as_deref()
-    {
+pub fn decompress(body: Bytes, content_encoding: Option<&str>, limit: usize) -> Result<Bytes, DecodeError> {
+    match content_encoding.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
                 return Err(DecodeError::TooLarge { limit });
@@ -147,20 +135,9 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            Encoding::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
-            Encoding::Json
-        );
-        assert_eq!(
-            Encoding::from_content_type(Some("application/x-protobuf")).unwrap(),
-            Encoding::Protobuf
-        );
-        assert_eq!(
-            Encoding::from_content_type(Some("text/plain"))
-                .unwrap_err()
-                .code(),
-            ErrorCode::UnsupportedMediaType
-        );
+        assert_eq!(Encoding::from_content_type(Some("application/json; charset=utf-8")).unwrap(), Encoding::Json);
+        assert_eq!(Encoding::from_content_type(Some("application/x-protobuf")).unwrap(), Encoding::Protobuf);
+        assert_eq!(Encoding::from_content_type(Some("text/plain")).unwrap_err().code(), ErrorCode::UnsupportedMediaType);
     }
 
     #[test]
@@ -168,22 +145,10 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(&vec![0u8; 10_000]).unwrap();
         let gz = Bytes::from(enc.finish().unwrap());
-        assert_eq!(
-            decompress(gz.clone(), Some("gzip"), 10_000).unwrap().len(),
-            10_000
-        );
-        assert!(matches!(
-            decompress(gz, Some("gzip"), 9_999),
-            Err(DecodeError::TooLarge { .. })
-        ));
-        assert!(matches!(
-            decompress(Bytes::from_static(b"nope"), Some("gzip"), 100),
-            Err(DecodeError::Gzip(_))
-        ));
-        assert!(matches!(
-            decompress(Bytes::from_static(b"x"), Some("br"), 100),
-            Err(DecodeError::ContentEncoding(_))
-        ));
+        assert_eq!(decompress(gz.clone(), Some("gzip"), 10_000).unwrap().len(), 10_000);
+        assert!(matches!(decompress(gz, Some("gzip"), 9_999), Err(DecodeError::TooLarge { .. })));
+        assert!(matches!(decompress(Bytes::from_static(b"nope"), Some("gzip"), 100), Err(DecodeError::Gzip(_))));
+        assert!(matches!(decompress(Bytes::from_static(b"x"), Some("br"), 100), Err(DecodeError::ContentEncoding(_))));
     }
 
     #[test]
@@ -199,11 +164,9 @@ mod tests {
         assert_eq!(span.start_time_unix_nano, 1544712660000000000);
         assert_eq!(span.end_time_unix_nano, 1544712661000000000);
         assert_eq!(span.attributes.len(), 2);
-        let bad = decode::<ExportTraceServiceRequest>(b"{\"resourceSpans\": [", Encoding::Json)
-            .unwrap_err();
+        let bad = decode::<ExportTraceServiceRequest>(b"{\"resourceSpans\": [", Encoding::Json).unwrap_err();
         assert!(bad.to_string().starts_with("malformed JSON"), "{bad}");
-        let bad = decode::<ExportTraceServiceRequest>(&[0x0a, 0xff, 0xff], Encoding::Protobuf)
-            .unwrap_err();
+        let bad = decode::<ExportTraceServiceRequest>(&[0x0a, 0xff, 0xff], Encoding::Protobuf).unwrap_err();
         assert!(bad.to_string().starts_with("malformed protobuf"), "{bad}");
     }
 }

@@ -12,6 +12,4 @@ pub use opentelemetry_proto::tonic as proto;
 pub use status::RpcStatus;
 pub use validate::{Limits, Validated, validate_traces};
 
-pub use proto::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+pub use proto::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};

@@ -33,11 +33,7 @@ pub struct RpcStatus {
 impl RpcStatus {
     /// A status with a code and a message and no details.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: Vec::new(),
-        }
+        Self { code, message: message.into(), details: Vec::new() }
     }
 
     /// Encodes the status for an HTTP body in the request's encoding.

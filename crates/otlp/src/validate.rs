@@ -20,10 +20,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_attributes_per_span: 128,
-            max_attribute_value_len: 4096,
-        }
+        Self { max_attributes_per_span: 128, max_attribute_value_len: 4096 }
     }
 }
 
@@ -53,11 +50,7 @@ impl Validated {
         if self.rejected == 0 {
             return String::new();
         }
-        let mut m = format!(
-            "rejected {} of {} spans: ",
-            self.rejected,
-            self.rejected + self.accepted
-        );
+        let mut m = format!("rejected {} of {} spans: ", self.rejected, self.rejected + self.accepted);
         m.push_str(&self.reasons.join("; "));
         if self.rejected > self.reasons.len() {
             let _ = write!(m, "; and {} more", self.rejected - self.reasons.len());
@@ -70,11 +63,7 @@ impl Validated {
         if self.reasons.len() < MAX_REASONS {
             self.reasons.push(reason);
         }
-        match self
-            .rejected_by_reason
-            .iter_mut()
-            .find(|(l, _)| *l == label)
-        {
+        match self.rejected_by_reason.iter_mut().find(|(l, _)| *l == label) {
             Some((_, n)) => *n += 1,
             None => self.rejected_by_reason.push((label, 1)),
         }
@@ -85,29 +74,19 @@ fn check_span(span: &Span) -> Result<(), (&'static str, String)> {
     TraceId::from_slice(&span.trace_id).map_err(|e| ("invalid_trace_id", e.to_string()))?;
     SpanId::from_slice(&span.span_id).map_err(|e| ("invalid_span_id", e.to_string()))?;
     if !span.parent_span_id.is_empty() {
-        SpanId::from_slice(&span.parent_span_id)
-            .map_err(|e| ("invalid_parent_span_id", format!("parent {e}")))?;
+        SpanId::from_slice(&span.parent_span_id).map_err(|e| ("invalid_parent_span_id", format!("parent {e}")))?;
     }
     if span.start_time_unix_nano == 0 {
-        return Err((
-            "invalid_timestamp",
-            "start_time_unix_nano is missing".into(),
-        ));
+        return Err(("invalid_timestamp", "start_time_unix_nano is missing".into()));
     }
     if span.end_time_unix_nano < span.start_time_unix_nano {
         return Err((
             "invalid_timestamp",
-            format!(
-                "end_time_unix_nano {} is before start_time_unix_nano {}",
-                span.end_time_unix_nano, span.start_time_unix_nano
-            ),
+            format!("end_time_unix_nano {} is before start_time_unix_nano {}", span.end_time_unix_nano, span.start_time_unix_nano),
         ));
     }
     if span.start_time_unix_nano > i64::MAX as u64 || span.end_time_unix_nano > i64::MAX as u64 {
-        return Err((
-            "invalid_timestamp",
-            "timestamp is past the year 2262".into(),
-        ));
+        return Err(("invalid_timestamp", "timestamp is past the year 2262".into()));
     }
     Ok(())
 }
@@ -141,11 +120,7 @@ fn truncate_value(value: &mut AnyValue, max: usize, v: &mut Validated) {
             v.values_truncated += 1;
         }
         Some(Value::ArrayValue(a)) => a.values.iter_mut().for_each(|x| truncate_value(x, max, v)),
-        Some(Value::KvlistValue(kv)) => kv
-            .values
-            .iter_mut()
-            .filter_map(|kv| kv.value.as_mut())
-            .for_each(|x| truncate_value(x, max, v)),
+        Some(Value::KvlistValue(kv)) => kv.values.iter_mut().filter_map(|kv| kv.value.as_mut()).for_each(|x| truncate_value(x, max, v)),
         _ => {}
     }
 }
@@ -165,53 +140,23 @@ pub fn validate_traces(req: &mut ExportTraceServiceRequest, limits: &Limits) -> 
                 si += 1;
                 match check_span(span) {
                     Ok(()) => {
-                        limit_attrs(
-                            &mut span.attributes,
-                            limits,
-                            &mut span.dropped_attributes_count,
-                            &mut v,
-                        );
+                        limit_attrs(&mut span.attributes, limits, &mut span.dropped_attributes_count, &mut v);
                         for e in span.events.iter_mut() {
-                            limit_attrs(
-                                &mut e.attributes,
-                                limits,
-                                &mut e.dropped_attributes_count,
-                                &mut v,
-                            );
+                            limit_attrs(&mut e.attributes, limits, &mut e.dropped_attributes_count, &mut v);
                         }
                         let links_before = span.links.len();
-                        span.links.retain(|l| {
-                            TraceId::from_slice(&l.trace_id).is_ok()
-                                && SpanId::from_slice(&l.span_id).is_ok()
-                        });
-                        span.dropped_links_count = span
-                            .dropped_links_count
-                            .saturating_add((links_before - span.links.len()) as u32);
+                        span.links.retain(|l| TraceId::from_slice(&l.trace_id).is_ok() && SpanId::from_slice(&l.span_id).is_ok());
+                        span.dropped_links_count = span.dropped_links_count.saturating_add((links_before - span.links.len()) as u32);
                         for l in span.links.iter_mut() {
-                            limit_attrs(
-                                &mut l.attributes,
-                                limits,
-                                &mut l.dropped_attributes_count,
-                                &mut v,
-                            );
+                            limit_attrs(&mut l.attributes, limits, &mut l.dropped_attributes_count, &mut v);
                         }
                         v.accepted += 1;
                         true
                     }
                     Err((label, why)) => {
-                        let id = if span.span_id.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {}", skein_core::ids::to_hex(&span.span_id))
-                        };
-                        v.reject(
-                            label,
-                            format!(
-                                "resource_spans[{ri}] span #{}{id} {:?}: {why}",
-                                si - 1,
-                                span.name
-                            ),
-                        );
+                        let id =
+                            if span.span_id.is_empty() { String::new() } else { format!(" {}", skein_core::ids::to_hex(&span.span_id)) };
+                        v.reject(label, format!("resource_spans[{ri}] span #{}{id} {:?}: {why}", si - 1, span.name));
                         false
                     }
                 }
@@ -229,24 +174,11 @@ mod tests {
     use crate::proto::trace::v1::{ResourceSpans, ScopeSpans};
 
     fn span(tid: Vec<u8>, sid: Vec<u8>) -> Span {
-        Span {
-            trace_id: tid,
-            span_id: sid,
-            name: "op".into(),
-            start_time_unix_nano: 10,
-            end_time_unix_nano: 20,
-            ..Default::default()
-        }
+        Span { trace_id: tid, span_id: sid, name: "op".into(), start_time_unix_nano: 10, end_time_unix_nano: 20, ..Default::default() }
     }
 
     fn kv(k: &str, s: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(s.into())),
-            }),
-            ..Default::default()
-        }
+        KeyValue { key: k.into(), value: Some(AnyValue { value: Some(Value::StringValue(s.into())) }), ..Default::default() }
     }
 
     #[test]
@@ -254,11 +186,7 @@ mod tests {
         let mut req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
-                    spans: vec![
-                        span(vec![1; 16], vec![2; 8]),
-                        span(vec![1; 8], vec![3; 8]),
-                        span(vec![1; 16], vec![0; 8]),
-                    ],
+                    spans: vec![span(vec![1; 16], vec![2; 8]), span(vec![1; 8], vec![3; 8]), span(vec![1; 16], vec![0; 8])],
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -279,27 +207,15 @@ mod tests {
         s.attributes = vec![kv("a", "ééééé"), kv("b", "x"), kv("c", "y")];
         let mut req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![s],
-                    ..Default::default()
-                }],
+                scope_spans: vec![ScopeSpans { spans: vec![s], ..Default::default() }],
                 ..Default::default()
             }],
         };
-        let v = validate_traces(
-            &mut req,
-            &Limits {
-                max_attributes_per_span: 2,
-                max_attribute_value_len: 3,
-            },
-        );
+        let v = validate_traces(&mut req, &Limits { max_attributes_per_span: 2, max_attribute_value_len: 3 });
         let s = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(s.attributes.len(), 2);
         assert_eq!(s.dropped_attributes_count, 1);
-        assert_eq!(
-            s.attributes[0].value.as_ref().unwrap().value,
-            Some(Value::StringValue("é".into()))
-        );
+        assert_eq!(s.attributes[0].value.as_ref().unwrap().value, Some(Value::StringValue("é".into())));
         assert_eq!((v.attributes_dropped, v.values_truncated), (1, 1));
     }
 }

@@ -30,19 +30,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let q = Arc::clone(&st.query);
     let r = tokio::task::spawn_blocking(move || f(q.as_ref()))
         .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("query task failed: {e}"),
-            ))
-        });
-    st.metrics.observe(
-        group,
-        r.as_ref()
-            .map(|_| 200)
-            .unwrap_or_else(|e| e.code.http_status()),
-        t.elapsed(),
-    );
+        .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::Internal, format!("query task failed: {e}"))));
+    st.metrics.observe(group, r.as_ref().map(|_| 200).unwrap_or_else(|e| e.code.http_status()), t.elapsed());
     r
 }
 
@@ -59,35 +48,21 @@ pub(crate) fn parse_trace_id(s: &str) -> Result<TraceId, ApiError> {
     TraceId::from_hex(s).map_err(|e| ApiError::bad_request(format!("invalid trace id {s:?}: {e}")))
 }
 
-async fn trace(
-    State(st): State<QState>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+async fn trace(State(st): State<QState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
     let id = parse_trace_id(&id)?;
     let p = Params::parse(raw.as_deref());
     let adjust_skew = match p.get("adjust") {
         None => false,
         Some("skew") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "parameter adjust={other:?}: the only adjustment is \"skew\""
-            )));
+            return Err(ApiError::bad_request(format!("parameter adjust={other:?}: the only adjustment is \"skew\"")));
         }
     };
-    let found = blocking(&st, "trace", move |q| {
-        q.trace(id, TraceOptions { adjust_skew })
-    })
-    .await?;
-    found
-        .map(Json)
-        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("trace {id} not found")))
+    let found = blocking(&st, "trace", move |q| q.trace(id, TraceOptions { adjust_skew })).await?;
+    found.map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("trace {id} not found")))
 }
 
-async fn search(
-    State(st): State<QState>,
-    RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
     let q = params::native_search(&Params::parse(raw.as_deref()))?;
     let traces = blocking(&st, "search", move |qs| qs.search(&q)).await?;
     Ok(Json(json!({ "traces": traces })))
@@ -102,10 +77,7 @@ async fn operations(State(st): State<QState>, Path(service): Path<String>) -> Re
     let r = blocking(&st, "services", move |q| q.operations(&service)).await;
     match r {
         Ok(ops) => {
-            let ops: Vec<Value> = ops
-                .into_iter()
-                .map(|(name, kind)| json!({"name": name, "span_kind": kind_name(kind)}))
-                .collect();
+            let ops: Vec<Value> = ops.into_iter().map(|(name, kind)| json!({"name": name, "span_kind": kind_name(kind)})).collect();
             Json(json!({ "operations": ops })).into_response()
         }
         Err(e) => e.into_response(),

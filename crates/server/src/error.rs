@@ -19,11 +19,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { code, message: message.into(), retry_after: None }
     }
 
     /// A 400.
@@ -42,8 +38,7 @@ impl ApiError {
     }
 
     pub(crate) fn retry_after_header(&self) -> Option<HeaderValue> {
-        self.retry_after
-            .map(|d| HeaderValue::from(d.as_secs().max(1)))
+        self.retry_after.map(|d| HeaderValue::from(d.as_secs().max(1)))
     }
 }
 
@@ -56,8 +51,7 @@ impl std::fmt::Display for ApiError {
 /// Native API error body: `{"error": {"code": "...", "message": "..."}}`.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
         let mut resp = (self.status(), axum::Json(body)).into_response();
         if let Some(v) = self.retry_after_header() {
             resp.headers_mut().insert(header::RETRY_AFTER, v);

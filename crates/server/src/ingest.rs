@@ -12,12 +12,8 @@ use axum::routing::post;
 use http_body_util::{BodyExt, Limited};
 use skein_core::ErrorCode;
 use skein_otlp::codec::{self, Encoding};
-use skein_otlp::proto::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use skein_otlp::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus,
-};
+use skein_otlp::proto::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use skein_otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,29 +26,17 @@ struct HttpState {
 
 /// The OTLP/HTTP router: `POST /v1/traces`. Bodies over `max_body` bytes (compressed or
 /// inflated) get 413.
-pub fn otlp_http_router(
-    ingest: Arc<dyn TraceIngest>,
-    max_body: usize,
-    metrics: Arc<ServerMetrics>,
-) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/traces", post(export_http))
-        .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState {
-            ingest,
-            max_body,
-            metrics,
-        })
+pub fn otlp_http_router(ingest: Arc<dyn TraceIngest>, max_body: usize, metrics: Arc<ServerMetrics>) -> axum::Router {
+    axum::Router::new().route("/v1/traces", post(export_http)).layer(DefaultBodyLimit::disable()).with_state(HttpState {
+        ingest,
+        max_body,
+        metrics,
+    })
 }
 
 fn status_response(enc: Encoding, err: &ApiError) -> Response {
     let body = RpcStatus::new(err.code.grpc_code(), err.message.clone()).encode(enc);
-    let mut resp = (
-        err.status(),
-        [(header::CONTENT_TYPE, enc.content_type())],
-        body,
-    )
-        .into_response();
+    let mut resp = (err.status(), [(header::CONTENT_TYPE, enc.content_type())], body).into_response();
     if let Some(v) = err.retry_after_header() {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -65,9 +49,7 @@ fn decode_err(e: skein_otlp::DecodeError) -> ApiError {
 
 async fn export_http(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let t = Instant::now();
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let (enc, result) = match Encoding::from_content_type(ct) {
         // An unknown content type is answered as JSON, the only form a confused client can read.
         Err(e) => (Encoding::Json, Err(decode_err(e))),
@@ -82,60 +64,29 @@ async fn export_http(State(st): State<HttpState>, headers: HeaderMap, body: Body
                 (Encoding::Json, Some(p)) => serde_json::to_vec(&serde_json::json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})).unwrap_or_default(),
                 (Encoding::Protobuf, _) => codec::encode(&resp, enc),
             };
-            (
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(enc.content_type()),
-                )],
-                body,
-            )
-                .into_response()
+            (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(enc.content_type()))], body).into_response()
         }
         Err(e) => status_response(enc, &e),
     };
-    st.metrics
-        .observe("otlp_http", resp.status().as_u16(), t.elapsed());
+    st.metrics.observe("otlp_http", resp.status().as_u16(), t.elapsed());
     resp
 }
 
-async fn handle_http(
-    st: &HttpState,
-    headers: &HeaderMap,
-    body: Body,
-    enc: Encoding,
-) -> Result<ExportOutcome, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "request body is larger than the limit of {} bytes",
-                st.max_body
-            ),
-        )
-    };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
+    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than the limit of {} bytes", st.max_body));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > st.max_body as u64 {
             return Err(too_large());
         }
     }
     let raw: Bytes = match Limited::new(body, st.max_body).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(too_large());
         }
         Err(e) => return Err(ApiError::bad_request(format!("reading request body: {e}"))),
     };
-    let ce = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = codec::decompress(raw, ce, st.max_body).map_err(decode_err)?;
     let req: ExportTraceServiceRequest = codec::decode(&body, enc).map_err(decode_err)?;
     st.ingest.export_traces(req).await
@@ -143,12 +94,8 @@ async fn handle_http(
 
 fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: (o.rejected > 0 || !o.message.is_empty()).then(|| {
-            ExportTracePartialSuccess {
-                rejected_spans: o.rejected,
-                error_message: o.message,
-            }
-        }),
+        partial_success: (o.rejected > 0 || !o.message.is_empty())
+            .then(|| ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
     }
 }
 
@@ -162,11 +109,7 @@ fn grpc_status(e: &ApiError) -> tonic::Status {
     use tonic_types::{ErrorDetails, StatusExt};
     let code = tonic::Code::from_i32(e.code.grpc_code());
     match e.retry_after {
-        Some(d) => tonic::Status::with_error_details(
-            code,
-            e.message.clone(),
-            ErrorDetails::with_retry_info(Some(d)),
-        ),
+        Some(d) => tonic::Status::with_error_details(code, e.message.clone(), ErrorDetails::with_retry_info(Some(d))),
         None => tonic::Status::new(code, e.message.clone()),
     }
 }
@@ -184,8 +127,7 @@ impl TraceService for GrpcTraces {
             Err(e) => e.code.http_status(),
         };
         self.metrics.observe("otlp_grpc", code, t.elapsed());
-        r.map(|o| tonic::Response::new(response(o)))
-            .map_err(|e| grpc_status(&e))
+        r.map(|o| tonic::Response::new(response(o))).map_err(|e| grpc_status(&e))
     }
 }
 

@@ -18,10 +18,7 @@ use std::sync::Arc;
 pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) -> axum::Router {
     axum::Router::new()
         .route("/api/services", get(services))
-        .route(
-            "/api/services/{service}/operations",
-            get(service_operations),
-        )
+        .route("/api/services/{service}/operations", get(service_operations))
         .route("/api/operations", get(operations))
         .route("/api/traces", get(search))
         .route("/api/traces/{trace_id}", get(trace))
@@ -41,10 +38,7 @@ fn jaeger_error(e: &ApiError) -> Response {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 async fn services(State(st): State<QState>) -> Response {
@@ -70,11 +64,7 @@ async fn operations(State(st): State<QState>, RawQuery(raw): RawQuery) -> Respon
     let Some(service) = p.get("service").map(str::to_string) else {
         return jaeger_error(&ApiError::bad_request("parameter 'service' is required"));
     };
-    let kind = match p
-        .get("spanKind")
-        .map(|v| params::span_kind("spanKind", v))
-        .transpose()
-    {
+    let kind = match p.get("spanKind").map(|v| params::span_kind("spanKind", v)).transpose() {
         Ok(k) => k,
         Err(e) => return jaeger_error(&e),
     };
@@ -92,8 +82,7 @@ async fn operations(State(st): State<QState>, RawQuery(raw): RawQuery) -> Respon
 }
 
 fn parse_jaeger_id(s: &str) -> Result<TraceId, ApiError> {
-    TraceId::from_hex_padded(s)
-        .map_err(|e| ApiError::bad_request(format!("malformed trace id {s:?}: {e}")))
+    TraceId::from_hex_padded(s).map_err(|e| ApiError::bad_request(format!("malformed trace id {s:?}: {e}")))
 }
 
 /// `raw=true` is accepted and ignored: Skein's Jaeger answers are always raw (see
@@ -130,9 +119,7 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
             for id in parsed {
                 match q.jaeger_trace(id)? {
                     Some(t) => found.push(t),
-                    None => errors.push(
-                        json!({"code": 404, "msg": "trace not found", "traceID": id.to_hex()}),
-                    ),
+                    None => errors.push(json!({"code": 404, "msg": "trace not found", "traceID": id.to_hex()})),
                 }
             }
             Ok((found, errors))

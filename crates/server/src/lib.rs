@@ -44,10 +44,7 @@ pub trait TraceIngest: Send + Sync + 'static {
     ///
     /// # Errors
     /// An [`ApiError`] whose code decides the HTTP/gRPC status and whether the client retries.
-    fn export_traces(
-        &self,
-        req: ExportTraceServiceRequest,
-    ) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
+    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
 }
 
 /// Answers queries. Methods may take milliseconds of CPU; the server calls them on the
@@ -99,11 +96,7 @@ pub trait Ops: Send + Sync + 'static {
 }
 
 /// Everything the query port serves: native API, Jaeger API, ops.
-pub fn query_router(
-    query: Arc<dyn QueryService>,
-    ops: Arc<dyn Ops>,
-    metrics: Arc<ServerMetrics>,
-) -> axum::Router {
+pub fn query_router(query: Arc<dyn QueryService>, ops: Arc<dyn Ops>, metrics: Arc<ServerMetrics>) -> axum::Router {
     api::router(Arc::clone(&query), Arc::clone(&metrics))
         .merge(jaeger::router(query, Arc::clone(&metrics)))
         .merge(ops::router(ops, metrics))

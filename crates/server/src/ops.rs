@@ -28,32 +28,13 @@ impl ServerMetrics {
 
     /// Appends the Prometheus text of these metrics.
     pub fn render(&self, out: &mut String) {
-        metrics::header(
-            out,
-            "skein_http_requests_total",
-            "counter",
-            "Requests by endpoint group and status code.",
-        );
+        metrics::header(out, "skein_http_requests_total", "counter", "Requests by endpoint group and status code.");
         for ((g, s), n) in self.requests.lock().iter() {
-            metrics::sample(
-                out,
-                "skein_http_requests_total",
-                &format!("endpoint=\"{g}\",code=\"{s}\""),
-                n,
-            );
+            metrics::sample(out, "skein_http_requests_total", &format!("endpoint=\"{g}\",code=\"{s}\""), n);
         }
-        metrics::header(
-            out,
-            "skein_request_duration_seconds",
-            "histogram",
-            "Request latency by endpoint group.",
-        );
+        metrics::header(out, "skein_request_duration_seconds", "histogram", "Request latency by endpoint group.");
         for (g, h) in self.latency.lock().iter() {
-            h.render(
-                out,
-                "skein_request_duration_seconds",
-                &format!("endpoint=\"{g}\""),
-            );
+            h.render(out, "skein_request_duration_seconds", &format!("endpoint=\"{g}\""));
         }
     }
 }
@@ -75,10 +56,7 @@ pub(crate) fn router(ops: Arc<dyn Ops>, metrics: Arc<ServerMetrics>) -> axum::Ro
 async fn readyz(State(st): State<OpsState>) -> impl IntoResponse {
     match st.ops.ready() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
@@ -86,11 +64,5 @@ async fn render(State(st): State<OpsState>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     st.ops.render_metrics(&mut out);
     st.metrics.render(&mut out);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

@@ -18,46 +18,29 @@ pub struct Params(pub Vec<(String, String)>);
 impl Params {
     /// Parses a raw query string.
     pub fn parse(raw: Option<&str>) -> Self {
-        Self(
-            form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        )
+        Self(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
     }
 
     /// The last non-empty value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.as_str())
+        self.0.iter().rev().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
     }
 
     /// Every non-empty value of `key`.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(k, v)| k == key && !v.is_empty())
-            .map(|(_, v)| v.as_str())
+        self.0.iter().filter(move |(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
     }
 
     fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
         self.get(key)
-            .map(|v| {
-                v.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("parameter {key}={v:?} is not an integer"))
-                })
-            })
+            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("parameter {key}={v:?} is not an integer"))))
             .transpose()
     }
 
     fn limit(&self, default: usize) -> Result<usize, ApiError> {
         match self.int("limit")? {
             None | Some(0) => Ok(default),
-            Some(n) if n < 0 => Err(ApiError::bad_request(format!(
-                "parameter limit={n} must be positive"
-            ))),
+            Some(n) if n < 0 => Err(ApiError::bad_request(format!("parameter limit={n} must be positive"))),
             Some(n) => Ok((n as usize).min(MAX_LIMIT)),
         }
     }
@@ -68,11 +51,7 @@ impl Params {
 /// # Errors
 /// A message naming the value when it is not a duration.
 pub fn parse_go_duration(s: &str) -> Result<i64, String> {
-    let err = || {
-        format!(
-            "invalid duration {s:?}: expected a Go duration such as \"500us\", \"1.5ms\", \"2s\" or \"1m\""
-        )
-    };
+    let err = || format!("invalid duration {s:?}: expected a Go duration such as \"500us\", \"1.5ms\", \"2s\" or \"1m\"");
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -85,17 +64,13 @@ pub fn parse_go_duration(s: &str) -> Result<i64, String> {
     }
     let mut total: f64 = 0.0;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
         if num_end == 0 {
             return Err(err());
         }
         let n: f64 = rest[..num_end].parse().map_err(|_| err())?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let mult = match &rest[..unit_end] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -122,17 +97,10 @@ fn native_duration(key: &str, v: &str) -> Result<i64, ApiError> {
     parse_go_duration(v).map_err(|e| ApiError::bad_request(format!("parameter {key}: {e}")))
 }
 
-fn check_durations(
-    min: Option<i64>,
-    max: Option<i64>,
-    names: (&str, &str),
-) -> Result<(), ApiError> {
+fn check_durations(min: Option<i64>, max: Option<i64>, names: (&str, &str)) -> Result<(), ApiError> {
     if let (Some(lo), Some(hi)) = (min, max) {
         if hi < lo {
-            return Err(ApiError::bad_request(format!(
-                "{} must not be smaller than {}",
-                names.1, names.0
-            )));
+            return Err(ApiError::bad_request(format!("{} must not be smaller than {}", names.1, names.0)));
         }
     }
     Ok(())
@@ -143,9 +111,7 @@ fn status_code(v: &str) -> Result<i8, ApiError> {
         "unset" => Ok(0),
         "ok" => Ok(1),
         "error" => Ok(2),
-        _ => Err(ApiError::bad_request(format!(
-            "parameter status={v:?}: expected ok, error or unset"
-        ))),
+        _ => Err(ApiError::bad_request(format!("parameter status={v:?}: expected ok, error or unset"))),
     }
 }
 
@@ -159,9 +125,7 @@ pub fn span_kind(key: &str, v: &str) -> Result<i8, ApiError> {
         "producer" => 4,
         "consumer" => 5,
         _ => {
-            return Err(ApiError::bad_request(format!(
-                "parameter {key}={v:?}: expected server, client, producer, consumer or internal"
-            )));
+            return Err(ApiError::bad_request(format!("parameter {key}={v:?}: expected server, client, producer, consumer or internal")));
         }
     })
 }
@@ -169,45 +133,22 @@ pub fn span_kind(key: &str, v: &str) -> Result<i8, ApiError> {
 /// Native search: `service`, `operation`, `span_kind`, `node`, `min_duration`, `max_duration`,
 /// `status`, `attr.KEY=VALUE`, `start`, `end` (Unix ns), `limit`.
 pub fn native_search(p: &Params) -> Result<SearchParams, ApiError> {
-    let min = p
-        .get("min_duration")
-        .map(|v| native_duration("min_duration", v))
-        .transpose()?;
-    let max = p
-        .get("max_duration")
-        .map(|v| native_duration("max_duration", v))
-        .transpose()?;
+    let min = p.get("min_duration").map(|v| native_duration("min_duration", v)).transpose()?;
+    let max = p.get("max_duration").map(|v| native_duration("max_duration", v)).transpose()?;
     check_durations(min, max, ("min_duration", "max_duration"))?;
-    let known = [
-        "service",
-        "operation",
-        "span_kind",
-        "node",
-        "min_duration",
-        "max_duration",
-        "status",
-        "start",
-        "end",
-        "limit",
-    ];
+    let known = ["service", "operation", "span_kind", "node", "min_duration", "max_duration", "status", "start", "end", "limit"];
     let mut attributes = Vec::new();
     for (k, v) in &p.0 {
         if let Some(attr) = k.strip_prefix("attr.") {
             attributes.push((attr.to_string(), v.clone()));
         } else if !known.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "unknown parameter {k:?}: expected one of {}, or attr.KEY=VALUE",
-                known.join(", ")
-            )));
+            return Err(ApiError::bad_request(format!("unknown parameter {k:?}: expected one of {}, or attr.KEY=VALUE", known.join(", "))));
         }
     }
     Ok(SearchParams {
         service: p.get("service").map(str::to_string),
         operation: p.get("operation").map(str::to_string),
-        span_kind: p
-            .get("span_kind")
-            .map(|v| span_kind("span_kind", v))
-            .transpose()?,
+        span_kind: p.get("span_kind").map(|v| span_kind("span_kind", v)).transpose()?,
         node: p.get("node").map(str::to_string),
         min_duration_ns: min,
         max_duration_ns: max,
@@ -228,16 +169,13 @@ pub fn jaeger_search(p: &Params, now_ns: i64) -> Result<SearchParams, ApiError> 
     }
     let mut attributes = Vec::new();
     for t in p.all("tag") {
-        let (k, v) = t.split_once(':').ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "malformed 'tag' parameter {t:?}, expected 'key:value'"
-            ))
-        })?;
+        let (k, v) =
+            t.split_once(':').ok_or_else(|| ApiError::bad_request(format!("malformed 'tag' parameter {t:?}, expected 'key:value'")))?;
         attributes.push((k.to_string(), v.to_string()));
     }
     for t in p.all("tags") {
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(t)
-            .map_err(|e| ApiError::bad_request(format!("malformed 'tags' parameter {t:?}: {e}")))?;
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(t).map_err(|e| ApiError::bad_request(format!("malformed 'tags' parameter {t:?}: {e}")))?;
         for (k, v) in obj {
             let v = match v {
                 serde_json::Value::String(s) => s,
@@ -247,12 +185,7 @@ pub fn jaeger_search(p: &Params, now_ns: i64) -> Result<SearchParams, ApiError> 
         }
     }
     let dur = |key: &str| {
-        p.get(key)
-            .map(|v| {
-                parse_go_duration(v)
-                    .map_err(|e| ApiError::bad_request(format!("cannot parse {key}: {e}")))
-            })
-            .transpose()
+        p.get(key).map(|v| parse_go_duration(v).map_err(|e| ApiError::bad_request(format!("cannot parse {key}: {e}")))).transpose()
     };
     let (min, max) = (dur("minDuration")?, dur("maxDuration")?);
     check_durations(min, max, ("minDuration", "maxDuration"))?;
@@ -262,10 +195,7 @@ pub fn jaeger_search(p: &Params, now_ns: i64) -> Result<SearchParams, ApiError> 
     Ok(SearchParams {
         service,
         operation: p.get("operation").map(str::to_string),
-        span_kind: p
-            .get("spanKind")
-            .map(|v| span_kind("spanKind", v))
-            .transpose()?,
+        span_kind: p.get("spanKind").map(|v| span_kind("spanKind", v)).transpose()?,
         node: None,
         min_duration_ns: min,
         max_duration_ns: max,
@@ -285,10 +215,7 @@ mod tests {
     fn go_durations() {
         assert_eq!(parse_go_duration("500us"), Ok(500_000));
         assert_eq!(parse_go_duration("1.5ms"), Ok(1_500_000));
-        assert_eq!(
-            parse_go_duration("2h45m"),
-            Ok((2 * 3600 + 45 * 60) * 1_000_000_000)
-        );
+        assert_eq!(parse_go_duration("2h45m"), Ok((2 * 3600 + 45 * 60) * 1_000_000_000));
         assert_eq!(parse_go_duration("10µs"), Ok(10_000));
         assert_eq!(parse_go_duration("0"), Ok(0));
         assert!(parse_go_duration("1d").is_err());
@@ -303,52 +230,20 @@ mod tests {
         ));
         let q = jaeger_search(&p, 0).unwrap();
         assert_eq!(q.service.as_deref(), Some("api"));
-        assert_eq!(
-            q.attributes,
-            vec![
-                ("http.route".into(), "/cart".into()),
-                ("error".into(), "true".into()),
-                ("a".into(), "1".into())
-            ]
-        );
-        assert_eq!(
-            (q.start_ns, q.end_ns, q.limit, q.min_duration_ns),
-            (Some(1_000_000), Some(2_000_000), 5, Some(1_000_000))
-        );
-        let e = jaeger_search(
-            &Params::parse(Some("service=a&minDuration=2s&maxDuration=1s")),
-            0,
-        )
-        .unwrap_err();
+        assert_eq!(q.attributes, vec![("http.route".into(), "/cart".into()), ("error".into(), "true".into()), ("a".into(), "1".into())]);
+        assert_eq!((q.start_ns, q.end_ns, q.limit, q.min_duration_ns), (Some(1_000_000), Some(2_000_000), 5, Some(1_000_000)));
+        let e = jaeger_search(&Params::parse(Some("service=a&minDuration=2s&maxDuration=1s")), 0).unwrap_err();
         assert_eq!(e.code.http_status(), 400);
-        assert!(
-            jaeger_search(&Params::parse(Some("operation=x")), 0)
-                .unwrap_err()
-                .message
-                .contains("service")
-        );
-        assert!(
-            jaeger_search(&Params::parse(Some("service=a&tag=nocolon")), 0)
-                .unwrap_err()
-                .message
-                .contains("tag")
-        );
+        assert!(jaeger_search(&Params::parse(Some("operation=x")), 0).unwrap_err().message.contains("service"));
+        assert!(jaeger_search(&Params::parse(Some("service=a&tag=nocolon")), 0).unwrap_err().message.contains("tag"));
     }
 
     #[test]
     fn native_params() {
-        let q = native_search(&Params::parse(Some(
-            "service=api&min_duration=1s&attr.http.route=/cart&status=error",
-        )))
-        .unwrap();
+        let q = native_search(&Params::parse(Some("service=api&min_duration=1s&attr.http.route=/cart&status=error"))).unwrap();
         assert_eq!(q.min_duration_ns, Some(1_000_000_000));
         assert_eq!(q.attributes, vec![("http.route".into(), "/cart".into())]);
         assert_eq!((q.status, q.limit), (Some(2), NATIVE_DEFAULT_LIMIT));
-        assert!(
-            native_search(&Params::parse(Some("servce=api")))
-                .unwrap_err()
-                .message
-                .contains("servce")
-        );
+        assert!(native_search(&Params::parse(Some("servce=api"))).unwrap_err().message.contains("servce"));
     }
 }

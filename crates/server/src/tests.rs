@@ -11,25 +11,13 @@ use tower::ServiceExt;
 struct FakeIngest;
 
 impl TraceIngest for FakeIngest {
-    fn export_traces(
-        &self,
-        req: ExportTraceServiceRequest,
-    ) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
-            let n: usize = req
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len())
-                .sum();
+            let n: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
             match n {
-                0 => Err(ApiError::new(ErrorCode::ResourceExhausted, "head is full")
-                    .with_retry_after(std::time::Duration::from_secs(3))),
+                0 => Err(ApiError::new(ErrorCode::ResourceExhausted, "head is full").with_retry_after(std::time::Duration::from_secs(3))),
                 1 => Ok(ExportOutcome::default()),
-                _ => Ok(ExportOutcome {
-                    rejected: 1,
-                    message: "rejected 1 of 2 spans: bad id".into(),
-                }),
+                _ => Ok(ExportOutcome { rejected: 1, message: "rejected 1 of 2 spans: bad id".into() }),
             }
         })
     }
@@ -77,47 +65,30 @@ fn query() -> axum::Router {
     query_router(Arc::new(FakeQuery), Arc::new(FakeOps), Arc::default())
 }
 
-async fn send(
-    app: axum::Router,
-    req: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let resp = app.oneshot(req).await.unwrap();
     let (parts, body) = resp.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes().to_vec(),
-    )
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes().to_vec())
 }
 
 fn post(ct: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post("/v1/traces")
-        .header("content-type", ct)
-        .body(body.into())
-        .unwrap()
+    Request::post("/v1/traces").header("content-type", ct).body(body.into()).unwrap()
 }
 
 const ONE_SPAN: &str = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"x"}]}]}]}"#;
-const TWO_SPANS: &str =
-    r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"a"},{"name":"b"}]}]}]}"#;
+const TWO_SPANS: &str = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"a"},{"name":"b"}]}]}]}"#;
 
 #[tokio::test]
 async fn http_json_success_and_partial_success() {
     let (s, h, b) = send(otlp(), post("application/json", ONE_SPAN)).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "application/json");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap(),
-        serde_json::json!({})
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap(), serde_json::json!({}));
     let (s, _, b) = send(otlp(), post("application/json", TWO_SPANS)).await;
     assert_eq!(s, StatusCode::OK);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["partialSuccess"]["rejectedSpans"], "1");
-    assert_eq!(
-        v["partialSuccess"]["errorMessage"],
-        "rejected 1 of 2 spans: bad id"
-    );
+    assert_eq!(v["partialSuccess"]["errorMessage"], "rejected 1 of 2 spans: bad id");
 }
 
 #[tokio::test]
@@ -125,11 +96,7 @@ async fn http_errors_carry_rpc_status() {
     let (s, _, b) = send(otlp(), post("application/x-protobuf", vec![0x0a, 0xff])).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let st = skein_otlp::RpcStatus::decode(&b[..]).unwrap();
-    assert!(
-        st.message.starts_with("malformed protobuf"),
-        "{}",
-        st.message
-    );
+    assert!(st.message.starts_with("malformed protobuf"), "{}", st.message);
     assert_eq!(st.code, 3);
 
     let (s, _, b) = send(otlp(), post("text/plain", "hi")).await;
@@ -151,140 +118,52 @@ async fn http_errors_carry_rpc_status() {
 
 #[tokio::test]
 async fn native_api() {
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/v1/traces/01000000000000000000000000000000")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, b) = send(query(), Request::get("/api/v1/traces/01000000000000000000000000000000").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/v1/traces/02000000000000000000000000000000")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, b) = send(query(), Request::get("/api/v1/traces/02000000000000000000000000000000").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap()["error"]["code"],
-        "not_found"
-    );
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/v1/traces/xyz")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["error"]["code"], "not_found");
+    let (s, _, b) = send(query(), Request::get("/api/v1/traces/xyz").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&b).contains("invalid trace id"));
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/v1/traces?service=api")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, b) = send(query(), Request::get("/api/v1/traces?service=api").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap()["traces"][0]["service"],
-        "api"
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["traces"][0]["service"], "api");
 }
 
 #[tokio::test]
 async fn jaeger_api_shapes() {
-    let (_, _, b) = send(
-        query(),
-        Request::get("/api/services").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (_, _, b) = send(query(), Request::get("/api/services").body(Body::empty()).unwrap()).await;
     assert_eq!(
         serde_json::from_slice::<Value>(&b).unwrap(),
         serde_json::json!({"data": ["api", "db"], "total": 2, "limit": 0, "offset": 0, "errors": null})
     );
-    let (_, _, b) = send(
-        query(),
-        Request::get("/api/operations?service=api&spanKind=server")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap()["data"],
-        serde_json::json!([{"name": "GET /", "spanKind": "server"}])
-    );
-    let (s, _, _) = send(
-        query(),
-        Request::get("/api/operations").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (_, _, b) = send(query(), Request::get("/api/operations?service=api&spanKind=server").body(Body::empty()).unwrap()).await;
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["data"], serde_json::json!([{"name": "GET /", "spanKind": "server"}]));
+    let (s, _, _) = send(query(), Request::get("/api/operations").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/traces/1").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (s, _, b) = send(query(), Request::get("/api/traces/1").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap()["data"][0]["traceID"],
-        "00000000000000000000000000000001"
-    );
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/traces/2").body(Body::empty()).unwrap(),
-    )
-    .await;
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["data"][0]["traceID"], "00000000000000000000000000000001");
+    let (s, _, b) = send(query(), Request::get("/api/traces/2").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&b).unwrap()["errors"][0]["code"],
-        404
-    );
-    let (_, _, b) = send(
-        query(),
-        Request::get("/api/traces?traceID=1&traceID=2")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["errors"][0]["code"], 404);
+    let (_, _, b) = send(query(), Request::get("/api/traces?traceID=1&traceID=2").body(Body::empty()).unwrap()).await;
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        v["errors"][0]["traceID"],
-        "00000000000000000000000000000002"
-    );
-    let (s, _, b) = send(
-        query(),
-        Request::get("/api/traces?service=api&minDuration=2s&maxDuration=1s")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(v["errors"][0]["traceID"], "00000000000000000000000000000002");
+    let (s, _, b) = send(query(), Request::get("/api/traces?service=api&minDuration=2s&maxDuration=1s").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&b).contains("maxDuration"));
 }
 
 #[tokio::test]
 async fn ops_endpoints() {
-    let (s, _, b) = send(
-        query(),
-        Request::get("/readyz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (s, _, b) = send(query(), Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&b).contains("replaying WAL"));
-    let (s, _, _) = send(
-        query(),
-        Request::get("/healthz").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (s, _, _) = send(query(), Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
-    let (_, _, b) = send(
-        query(),
-        Request::get("/metrics").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (_, _, b) = send(query(), Request::get("/metrics").body(Body::empty()).unwrap()).await;
     assert!(String::from_utf8_lossy(&b).contains("fake_metric 1"));
 }

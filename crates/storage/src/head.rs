@@ -27,8 +27,7 @@ impl Hasher for IdHasher {
         for chunk in bytes.chunks(8) {
             let mut b = [0u8; 8];
             b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(b))
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
     fn write_u128(&mut self, v: u128) {
@@ -104,16 +103,12 @@ impl Head {
         let mut inner = self.inner.write();
         let batch = {
             let view = SpanView::new(&batch);
-            let mut seen_here: HashSet<(u128, u64), BuildHasherDefault<IdHasher>> =
-                HashSet::default();
+            let mut seen_here: HashSet<(u128, u64), BuildHasherDefault<IdHasher>> = HashSet::default();
             let keep: Vec<bool> = (0..view.len())
                 .map(|r| {
                     let t = key(&view.trace_id(r));
                     let s = u64::from_be_bytes(view.span_id(r));
-                    let old = inner
-                        .index
-                        .get(&t)
-                        .is_some_and(|locs| locs.iter().any(|l| l.span_id == s));
+                    let old = inner.index.get(&t).is_some_and(|locs| locs.iter().any(|l| l.span_id == s));
                     !old && seen_here.insert((t, s))
                 })
                 .collect();
@@ -132,16 +127,8 @@ impl Head {
         let view = SpanView::new(&batch);
         let mut combos: HashSet<(i32, i32, i8)> = HashSet::new();
         for r in 0..view.len() {
-            let loc = Loc {
-                batch: b,
-                row: r as u32,
-                span_id: u64::from_be_bytes(view.span_id(r)),
-            };
-            inner
-                .index
-                .entry(key(&view.trace_id(r)))
-                .or_default()
-                .push(loc);
+            let loc = Loc { batch: b, row: r as u32, span_id: u64::from_be_bytes(view.span_id(r)) };
+            inner.index.entry(key(&view.trace_id(r))).or_default().push(loc);
             combos.insert((view.service.key(r), view.name.key(r), view.kind(r)));
         }
         for (s, n, k) in combos {
@@ -200,12 +187,7 @@ impl Head {
 
     /// (operation, span kind) pairs of a service, sorted.
     pub fn operations(&self, service: &str) -> Vec<(String, i8)> {
-        self.inner
-            .read()
-            .operations
-            .get(service)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+        self.inner.read().operations.get(service).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Size and content counters.
@@ -215,9 +197,7 @@ impl Head {
             rows: inner.rows,
             traces: inner.index.len(),
             batches: inner.batches.len(),
-            bytes: inner.batch_bytes
-                + inner.rows * INDEX_BYTES_PER_SPAN
-                + inner.index.len() * INDEX_BYTES_PER_TRACE,
+            bytes: inner.batch_bytes + inner.rows * INDEX_BYTES_PER_SPAN + inner.index.len() * INDEX_BYTES_PER_TRACE,
             duplicates: inner.duplicates,
         }
     }
@@ -254,22 +234,10 @@ mod tests {
     #[test]
     fn dedups_and_indexes() {
         let h = Head::new();
-        assert_eq!(
-            h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 2), (2, 1)])).unwrap())
-                .unwrap(),
-            3
-        );
+        assert_eq!(h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 2), (2, 1)])).unwrap()).unwrap(), 3);
         // retry of the same spans plus one new one, with a duplicate inside the batch itself
-        assert_eq!(
-            h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 3), (1, 3)])).unwrap())
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            h.insert(skein_columnar::spans::build(&req(&[(2, 1)])).unwrap())
-                .unwrap(),
-            0
-        );
+        assert_eq!(h.insert(skein_columnar::spans::build(&req(&[(1, 1), (1, 3), (1, 3)])).unwrap()).unwrap(), 1);
+        assert_eq!(h.insert(skein_columnar::spans::build(&req(&[(2, 1)])).unwrap()).unwrap(), 0);
         let t = h.trace(&TraceId([1; 16]));
         let mut names: Vec<_> = t.iter().map(|s| s.name.clone()).collect();
         names.sort();

@@ -62,11 +62,7 @@ impl Store {
         let head = Head::new();
         let mut replay_err = None;
         let (wal, report) = Wal::open(&dir.join("wal"), cfg.wal.clone(), |lsn, payload| {
-            let r = replay_record(&head, payload).map_err(|message| Error::Replay {
-                segment: lsn.segment,
-                offset: lsn.offset,
-                message,
-            });
+            let r = replay_record(&head, payload).map_err(|message| Error::Replay { segment: lsn.segment, offset: lsn.offset, message });
             if let Err(e) = &r {
                 replay_err = Some(e.to_string());
             }
@@ -76,15 +72,7 @@ impl Store {
             Some(m) => Error::Invalid(m),
             None => Error::Wal(e),
         })?;
-        Ok((
-            Self {
-                wal,
-                head,
-                cfg,
-                metrics: StoreMetrics::default(),
-            },
-            report,
-        ))
+        Ok((Self { wal, head, cfg, metrics: StoreMetrics::default() }, report))
     }
 
     /// Validates, logs and stores a trace export. Returns once the spans are durable and
@@ -112,10 +100,7 @@ impl Store {
         let used = self.head.stats().bytes as u64;
         if used >= self.cfg.memory_limit {
             self.metrics.requests_refused_full.inc();
-            return Err(Error::HeadFull {
-                used,
-                limit: self.cfg.memory_limit,
-            });
+            return Err(Error::HeadFull { used, limit: self.cfg.memory_limit });
         }
         let t = Instant::now();
         let batch = skein_columnar::spans::build(&req)?;
@@ -127,11 +112,7 @@ impl Store {
         self.wal.append(payload).await?;
         self.head.insert(batch)?;
         self.metrics.spans_accepted.add(v.accepted as u64);
-        Ok(IngestOutcome {
-            accepted: v.accepted,
-            rejected: v.rejected,
-            message: v.message(),
-        })
+        Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
     }
 
     /// The head, for queries.
@@ -147,111 +128,40 @@ impl Store {
     /// Prometheus text for the store, the head and the WAL.
     pub fn render_metrics(&self, out: &mut String) {
         let m = &self.metrics;
-        metrics::header(
-            out,
-            "skein_spans_accepted_total",
-            "counter",
-            "Spans accepted and stored.",
-        );
-        metrics::sample(
-            out,
-            "skein_spans_accepted_total",
-            "",
-            m.spans_accepted.get(),
-        );
-        metrics::header(
-            out,
-            "skein_spans_rejected_total",
-            "counter",
-            "Spans rejected, by reason.",
-        );
+        metrics::header(out, "skein_spans_accepted_total", "counter", "Spans accepted and stored.");
+        metrics::sample(out, "skein_spans_accepted_total", "", m.spans_accepted.get());
+        metrics::header(out, "skein_spans_rejected_total", "counter", "Spans rejected, by reason.");
         for (reason, n) in m.rejected.lock().iter() {
-            metrics::sample(
-                out,
-                "skein_spans_rejected_total",
-                &format!("reason=\"{reason}\""),
-                n,
-            );
+            metrics::sample(out, "skein_spans_rejected_total", &format!("reason=\"{reason}\""), n);
         }
-        metrics::header(
-            out,
-            "skein_attributes_dropped_total",
-            "counter",
-            "Attributes dropped by the per-span attribute limit.",
-        );
-        metrics::sample(
-            out,
-            "skein_attributes_dropped_total",
-            "",
-            m.attributes_dropped.get(),
-        );
-        metrics::header(
-            out,
-            "skein_attribute_values_truncated_total",
-            "counter",
-            "Attribute values truncated by the value length limit.",
-        );
-        metrics::sample(
-            out,
-            "skein_attribute_values_truncated_total",
-            "",
-            m.values_truncated.get(),
-        );
+        metrics::header(out, "skein_attributes_dropped_total", "counter", "Attributes dropped by the per-span attribute limit.");
+        metrics::sample(out, "skein_attributes_dropped_total", "", m.attributes_dropped.get());
+        metrics::header(out, "skein_attribute_values_truncated_total", "counter", "Attribute values truncated by the value length limit.");
+        metrics::sample(out, "skein_attribute_values_truncated_total", "", m.values_truncated.get());
         metrics::header(
             out,
             "skein_ingest_refused_head_full_total",
             "counter",
             "Requests refused because the head was at its memory limit.",
         );
-        metrics::sample(
-            out,
-            "skein_ingest_refused_head_full_total",
-            "",
-            m.requests_refused_full.get(),
-        );
+        metrics::sample(out, "skein_ingest_refused_head_full_total", "", m.requests_refused_full.get());
         metrics::header(
             out,
             "skein_ingest_build_duration_seconds",
             "histogram",
             "Time to build the Arrow batch and WAL record of a request.",
         );
-        m.build_seconds
-            .render(out, "skein_ingest_build_duration_seconds", "");
+        m.build_seconds.render(out, "skein_ingest_build_duration_seconds", "");
         let h = self.head.stats();
         metrics::header(out, "skein_head_rows", "gauge", "Spans in the head.");
         metrics::sample(out, "skein_head_rows", "", h.rows);
-        metrics::header(
-            out,
-            "skein_head_traces",
-            "gauge",
-            "Distinct traces in the head.",
-        );
+        metrics::header(out, "skein_head_traces", "gauge", "Distinct traces in the head.");
         metrics::sample(out, "skein_head_traces", "", h.traces);
-        metrics::header(
-            out,
-            "skein_head_bytes",
-            "gauge",
-            "Estimated memory of the head in bytes.",
-        );
+        metrics::header(out, "skein_head_bytes", "gauge", "Estimated memory of the head in bytes.");
         metrics::sample(out, "skein_head_bytes", "", h.bytes);
-        metrics::header(
-            out,
-            "skein_head_memory_limit_bytes",
-            "gauge",
-            "Configured head memory limit.",
-        );
-        metrics::sample(
-            out,
-            "skein_head_memory_limit_bytes",
-            "",
-            self.cfg.memory_limit,
-        );
-        metrics::header(
-            out,
-            "skein_head_duplicate_spans_total",
-            "counter",
-            "Duplicate spans (retries) dropped on insert.",
-        );
+        metrics::header(out, "skein_head_memory_limit_bytes", "gauge", "Configured head memory limit.");
+        metrics::sample(out, "skein_head_memory_limit_bytes", "", self.cfg.memory_limit);
+        metrics::header(out, "skein_head_duplicate_spans_total", "counter", "Duplicate spans (retries) dropped on insert.");
         metrics::sample(out, "skein_head_duplicate_spans_total", "", h.duplicates);
         self.wal.render_metrics(out);
     }
@@ -281,9 +191,27 @@ mod tests {
     }
 
     fn req(t: u8, ids: &[u8], bad: usize) -> ExportTraceServiceRequest {
-        let mut spans: Vec<Span> = ids.iter().map(|s| Span { trace_id: vec![t; 16], span_id: vec![*s; 8], name: "op".into(), start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() }).collect();
-        spans.extend((0..bad).map(|_| Span { trace_id: vec![t; 5], span_id: vec![9; 8], start_time_unix_nano: 1, end_time_unix_nano: 2, ..Default::default() }));
-        ExportTraceServiceRequest { resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }] }
+        let mut spans: Vec<Span> = ids
+            .iter()
+            .map(|s| Span {
+                trace_id: vec![t; 16],
+                span_id: vec![*s; 8],
+                name: "op".into(),
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                ..Default::default()
+            })
+            .collect();
+        spans.extend((0..bad).map(|_| Span {
+            trace_id: vec![t; 5],
+            span_id: vec![9; 8],
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        }));
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+        }
     }
 
     #[tokio::test]

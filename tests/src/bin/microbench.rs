@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
     let build = t.elapsed();
     let rate = |d: Duration| sample_spans as f64 / d.as_secs_f64();
     println!("decode only:                 {:>12.0} spans/s", rate(decode));
-    println!("decode+validate+arrow build: {:>12.0} spans/s  ({:.2}x of decode-only)", rate(build), decode.as_secs_f64() / build.as_secs_f64());
+    println!(
+        "decode+validate+arrow build: {:>12.0} spans/s  ({:.2}x of decode-only)",
+        rate(build),
+        decode.as_secs_f64() / build.as_secs_f64()
+    );
 
     // 2. WAL append vs raw file writes
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -114,7 +118,12 @@ fn main() -> anyhow::Result<()> {
             Ok::<(), anyhow::Error>(())
         })?;
         let d = t.elapsed();
-        println!("WAL append sync={name:<6} 16 tasks: {:>8.1} MB/s, {:>8.0} records/s ({:.2}x of raw write)", sample_bytes as f64 / d.as_secs_f64() / 1e6, sample.len() as f64 / d.as_secs_f64(), raw.as_secs_f64() / d.as_secs_f64());
+        println!(
+            "WAL append sync={name:<6} 16 tasks: {:>8.1} MB/s, {:>8.0} records/s ({:.2}x of raw write)",
+            sample_bytes as f64 / d.as_secs_f64() / 1e6,
+            sample.len() as f64 / d.as_secs_f64(),
+            raw.as_secs_f64() / d.as_secs_f64()
+        );
         wal.close();
     }
 
@@ -126,7 +135,22 @@ fn main() -> anyhow::Result<()> {
         head.insert(skein_columnar::spans::build(&r)?)?;
     }
     let st = head.stats();
-    println!("head: {} spans, {} traces, {:.0} MiB estimated ({:.0} B/span), loaded in {:.2?}", st.rows, st.traces, st.bytes as f64 / 1048576.0, st.bytes as f64 / st.rows as f64, t.elapsed());
+    if std::env::var_os("SKEIN_BENCH_COLUMNS").is_some() {
+        let snap = head.snapshot();
+        let schema = skein_columnar::spans::schema();
+        for (i, f) in schema.fields().iter().enumerate() {
+            let b: usize = snap.iter().map(|b| b.column(i).get_array_memory_size()).sum();
+            println!("  column {:<28} {:>7.1} B/span", f.name(), b as f64 / st.rows as f64);
+        }
+    }
+    println!(
+        "head: {} spans, {} traces, {:.0} MiB estimated ({:.0} B/span), loaded in {:.2?}",
+        st.rows,
+        st.traces,
+        st.bytes as f64 / 1048576.0,
+        st.bytes as f64 / st.rows as f64,
+        t.elapsed()
+    );
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut pick = || {
         rng ^= rng << 13;

@@ -12,36 +12,12 @@ pub(super) struct Host {
 }
 
 pub(super) const HOSTS: [Host; 6] = [
-    Host {
-        name: "web-1",
-        id: "4c1f7e0a9b2d4e6f8a1b3c5d7e9f0a21",
-        ip: "10.0.1.11",
-    },
-    Host {
-        name: "web-2",
-        id: "9d3e5f7a1b2c4d6e8f0a2b4c6d8e0f12",
-        ip: "10.0.1.12",
-    },
-    Host {
-        name: "api-1",
-        id: "2b4d6f8a0c1e3f5a7b9c1d3e5f7a9b31",
-        ip: "10.0.2.21",
-    },
-    Host {
-        name: "api-2",
-        id: "7e9f1a3b5c7d9e1f3a5b7c9d1e3f5a42",
-        ip: "10.0.2.22",
-    },
-    Host {
-        name: "db-1",
-        id: "5a7b9c1d3e5f7a9b1c3d5e7f9a1b3c51",
-        ip: "10.0.3.31",
-    },
-    Host {
-        name: "db-2",
-        id: "8f0a2b4c6d8e0f2a4b6c8d0e2f4a6b62",
-        ip: "10.0.3.32",
-    },
+    Host { name: "web-1", id: "4c1f7e0a9b2d4e6f8a1b3c5d7e9f0a21", ip: "10.0.1.11" },
+    Host { name: "web-2", id: "9d3e5f7a1b2c4d6e8f0a2b4c6d8e0f12", ip: "10.0.1.12" },
+    Host { name: "api-1", id: "2b4d6f8a0c1e3f5a7b9c1d3e5f7a9b31", ip: "10.0.2.21" },
+    Host { name: "api-2", id: "7e9f1a3b5c7d9e1f3a5b7c9d1e3f5a42", ip: "10.0.2.22" },
+    Host { name: "db-1", id: "5a7b9c1d3e5f7a9b1c3d5e7f9a1b3c51", ip: "10.0.3.31" },
+    Host { name: "db-2", id: "8f0a2b4c6d8e0f2a4b6c8d0e2f4a6b62", ip: "10.0.3.32" },
 ];
 pub(super) const WEB_HOSTS: [usize; 2] = [0, 1];
 pub(super) const API_HOSTS: [usize; 2] = [2, 3];
@@ -99,17 +75,12 @@ impl Svc {
             (Svc::Frontend, Cat::Internal) => ("shop-frontend", "2.14.1"),
             (Svc::Frontend, _) => ("@opentelemetry/instrumentation-http", "0.57.1"),
             (Svc::Checkout, Cat::HttpServer) => ("io.opentelemetry.tomcat-10.0", "2.12.0-alpha"),
-            (Svc::Checkout, Cat::HttpClient) => {
-                ("io.opentelemetry.java-http-client", "2.12.0-alpha")
-            }
+            (Svc::Checkout, Cat::HttpClient) => ("io.opentelemetry.java-http-client", "2.12.0-alpha"),
             (Svc::Checkout, Cat::Db) => ("io.opentelemetry.jdbc", "2.12.0-alpha"),
             (Svc::Checkout, Cat::Internal) => ("com.example.shop.checkout", "1.8.3"),
             (Svc::Cart, Cat::Db) => ("github.com/XSAM/otelsql", "0.36.0"),
             (Svc::Cart, Cat::Internal) => ("example.com/shop/cart", "0.9.12"),
-            (Svc::Cart, _) => (
-                "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",
-                "0.59.0",
-            ),
+            (Svc::Cart, _) => ("go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp", "0.59.0"),
             (Svc::Postgres, _) => ("pg_tracing", "0.1.3"),
         }
     }
@@ -214,11 +185,7 @@ pub(super) const CALLS: [Call; 6] = [
         method: "POST",
         route: "/api/orders",
         queries: &[4, 5, 6],
-        steps: &[
-            "order.validate",
-            "pricing.compute_totals",
-            "payment.authorize",
-        ],
+        steps: &["order.validate", "pricing.compute_totals", "payment.authorize"],
     },
     Call {
         svc: Svc::Checkout,
@@ -227,20 +194,8 @@ pub(super) const CALLS: [Call; 6] = [
         queries: &[7, 8],
         steps: &["order.load", "order.serialize"],
     },
-    Call {
-        svc: Svc::Cart,
-        method: "GET",
-        route: "/api/products/{product_id}",
-        queries: &[1, 2],
-        steps: &["catalog.lookup", "cache.get"],
-    },
-    Call {
-        svc: Svc::Checkout,
-        method: "GET",
-        route: "/api/promotions",
-        queries: &[9],
-        steps: &["promotions.evaluate", "cache.get"],
-    },
+    Call { svc: Svc::Cart, method: "GET", route: "/api/products/{product_id}", queries: &[1, 2], steps: &["catalog.lookup", "cache.get"] },
+    Call { svc: Svc::Checkout, method: "GET", route: "/api/promotions", queries: &[9], steps: &["promotions.evaluate", "cache.get"] },
 ];
 
 /// A page of the shop: the frontend route, the API call it needs, an API-to-API hop the
@@ -255,46 +210,11 @@ pub(super) struct Flow {
 }
 
 pub(super) const FLOWS: [Flow; 5] = [
-    Flow {
-        method: "GET",
-        route: "/cart",
-        call: 0,
-        hop: Some(5),
-        side: &[],
-        weight: 30,
-    },
-    Flow {
-        method: "POST",
-        route: "/cart/items",
-        call: 1,
-        hop: None,
-        side: &[0],
-        weight: 20,
-    },
-    Flow {
-        method: "POST",
-        route: "/checkout",
-        call: 2,
-        hop: Some(0),
-        side: &[],
-        weight: 15,
-    },
-    Flow {
-        method: "GET",
-        route: "/orders/{order_id}",
-        call: 3,
-        hop: None,
-        side: &[5],
-        weight: 15,
-    },
-    Flow {
-        method: "GET",
-        route: "/products/{product_id}",
-        call: 4,
-        hop: None,
-        side: &[5, 0],
-        weight: 20,
-    },
+    Flow { method: "GET", route: "/cart", call: 0, hop: Some(5), side: &[], weight: 30 },
+    Flow { method: "POST", route: "/cart/items", call: 1, hop: None, side: &[0], weight: 20 },
+    Flow { method: "POST", route: "/checkout", call: 2, hop: Some(0), side: &[], weight: 15 },
+    Flow { method: "GET", route: "/orders/{order_id}", call: 3, hop: None, side: &[5], weight: 15 },
+    Flow { method: "GET", route: "/products/{product_id}", call: 4, hop: None, side: &[5, 0], weight: 20 },
 ];
 
 pub(super) const USER_AGENTS: [&str; 4] = [
@@ -307,30 +227,14 @@ pub(super) const WEB_STEPS: [&str; 3] = ["session.load", "feature_flags.evaluate
 pub(super) const PG_STEPS: [&str; 3] = ["Planner", "ExecutorRun", "ExecutorFinish"];
 
 /// `(exception.type, message, SQLSTATE)` of a failed query.
-pub(super) fn db_error(
-    q: &Query,
-    timeout: bool,
-    java: bool,
-) -> (&'static str, &'static str, &'static str) {
-    let ty = if java {
-        "org.postgresql.util.PSQLException"
-    } else {
-        "*pgconn.PgError"
-    };
+pub(super) fn db_error(q: &Query, timeout: bool, java: bool) -> (&'static str, &'static str, &'static str) {
+    let ty = if java { "org.postgresql.util.PSQLException" } else { "*pgconn.PgError" };
     if timeout {
-        (
-            ty,
-            "ERROR: canceling statement due to statement timeout",
-            "57014",
-        )
+        (ty, "ERROR: canceling statement due to statement timeout", "57014")
     } else if q.write {
         (ty, "ERROR: deadlock detected", "40P01")
     } else {
-        (
-            ty,
-            "FATAL: terminating connection due to conflict with recovery",
-            "40001",
-        )
+        (ty, "FATAL: terminating connection due to conflict with recovery", "40001")
     }
 }
 
@@ -353,12 +257,7 @@ pub(super) fn resource(host: usize, svc: Svc) -> Resource {
         s("telemetry.sdk.version", sdk_version),
     ];
     if matches!(svc, Svc::Checkout | Svc::Cart) {
-        let pod = format!(
-            "{}-{}-{}",
-            svc.name(),
-            if svc.java() { "6d8f7b9c4" } else { "5c7d9f8b2" },
-            &h.id[..5]
-        );
+        let pod = format!("{}-{}-{}", svc.name(), if svc.java() { "6d8f7b9c4" } else { "5c7d9f8b2" }, &h.id[..5]);
         attributes.push(s("k8s.pod.name", &pod));
         attributes.push(s("k8s.namespace.name", "shop"));
         attributes.push(s("k8s.node.name", h.name));
@@ -367,8 +266,5 @@ pub(super) fn resource(host: usize, svc: Svc) -> Resource {
         let pid = 1000 + host as i64 * 977 + svc as i64 * 31;
         attributes.push(kv("process.pid", Value::IntValue(pid)));
     }
-    Resource {
-        attributes,
-        ..Default::default()
-    }
+    Resource { attributes, ..Default::default() }
 }

@@ -24,8 +24,7 @@ use crate::ExportTraceServiceRequest;
 use crate::proto::common::v1::InstrumentationScope;
 use crate::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use catalog::{
-    API_HOSTS, CALLS, Cat, DB_PRIMARY, DB_REPLICA, FLOWS, HOSTS, PG_STEPS, QUERIES, Svc,
-    USER_AGENTS, WEB_HOSTS, WEB_STEPS, resource,
+    API_HOSTS, CALLS, Cat, DB_PRIMARY, DB_REPLICA, FLOWS, HOSTS, PG_STEPS, QUERIES, Svc, USER_AGENTS, WEB_HOSTS, WEB_STEPS, resource,
 };
 use std::collections::BTreeMap;
 
@@ -47,13 +46,7 @@ pub struct SynthConfig {
 impl Default for SynthConfig {
     /// The load-generator profile: 10–40 spans, 5% errors, 2% slow.
     fn default() -> Self {
-        Self {
-            seed: 0x5EED_5EED,
-            min_spans: 10,
-            max_spans: 40,
-            error_ratio: 0.05,
-            slow_ratio: 0.02,
-        }
+        Self { seed: 0x5EED_5EED, min_spans: 10, max_spans: 40, error_ratio: 0.05, slow_ratio: 0.02 }
     }
 }
 
@@ -170,35 +163,22 @@ impl Synth {
         let mut cfg = cfg;
         cfg.min_spans = cfg.min_spans.max(MIN_TRACE_SPANS);
         cfg.max_spans = cfg.max_spans.max(cfg.min_spans);
-        Self {
-            rng: Rng(cfg.seed),
-            cfg,
-        }
+        Self { rng: Rng(cfg.seed), cfg }
     }
 
     /// One trace ending shortly before `now_unix_nano`, split into one request per node (host),
     /// as the agent on each node would send it; the node names are the `host.name`s.
-    pub fn next_requests(
-        &mut self,
-        now_unix_nano: u64,
-    ) -> Vec<(String, ExportTraceServiceRequest)> {
+    pub fn next_requests(&mut self, now_unix_nano: u64) -> Vec<(String, ExportTraceServiceRequest)> {
         let (_, spans) = self.trace(now_unix_nano);
         let mut by_host: BTreeMap<usize, Vec<Keyed>> = BTreeMap::new();
         for s in spans {
             by_host.entry(s.0.0).or_default().push(s);
         }
-        by_host
-            .into_iter()
-            .map(|(h, spans)| (HOSTS[h].name.to_string(), request(spans)))
-            .collect()
+        by_host.into_iter().map(|(h, spans)| (HOSTS[h].name.to_string(), request(spans))).collect()
     }
 
     /// `traces` traces in one request (one `ResourceSpans` per host and service), and their ids.
-    pub fn batch(
-        &mut self,
-        traces: usize,
-        now_unix_nano: u64,
-    ) -> (ExportTraceServiceRequest, Vec<[u8; 16]>) {
+    pub fn batch(&mut self, traces: usize, now_unix_nano: u64) -> (ExportTraceServiceRequest, Vec<[u8; 16]>) {
         let mut ids = Vec::with_capacity(traces);
         let mut all = Vec::new();
         for _ in 0..traces {
@@ -210,17 +190,13 @@ impl Synth {
     }
 
     fn trace(&mut self, now: u64) -> ([u8; 16], Vec<Keyed>) {
-        let target =
-            self.rng
-                .range(self.cfg.min_spans as u64, self.cfg.max_spans as u64) as usize;
+        let target = self.rng.range(self.cfg.min_spans as u64, self.cfg.max_spans as u64) as usize;
         let error = self.rng.chance(self.cfg.error_ratio);
         let slow = self.rng.chance(self.cfg.slow_ratio);
         let ctx = self.ctx(slow);
         let mut spans = self.plan(&ctx, target);
 
-        let dbs: Vec<usize> = (0..spans.len())
-            .filter(|&i| matches!(spans[i].role, Role::DbClient { .. }))
-            .collect();
+        let dbs: Vec<usize> = (0..spans.len()).filter(|&i| matches!(spans[i].role, Role::DbClient { .. })).collect();
         let slow_db = slow.then(|| self.rng.pick(&dbs));
         if let Some(db) = slow_db {
             // The executor (or the server span itself) is where the time goes.
@@ -229,15 +205,7 @@ impl Synth {
                 .children
                 .iter()
                 .copied()
-                .find(|&c| {
-                    matches!(
-                        spans[c].role,
-                        Role::PgInternal {
-                            name: "ExecutorRun",
-                            ..
-                        }
-                    )
-                })
+                .find(|&c| matches!(spans[c].role, Role::PgInternal { name: "ExecutorRun", .. }))
                 .unwrap_or(pg);
             let fast = layout(&mut spans, 0, 0);
             let total = self.rng.range(1000 * MS, 3000 * MS);
@@ -258,9 +226,7 @@ impl Synth {
         let mut tid = [0u8; 16];
         tid[..8].copy_from_slice(&self.rng.nonzero().to_be_bytes());
         tid[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
-        let out = (0..spans.len())
-            .map(|i| self.render(&spans, i, &ctx, &tid, base))
-            .collect();
+        let out = (0..spans.len()).map(|i| self.render(&spans, i, &ctx, &tid, base)).collect();
         (tid, out)
     }
 
@@ -284,14 +250,7 @@ impl Synth {
         }
     }
 
-    fn add(
-        &mut self,
-        spans: &mut Vec<Planned>,
-        parent: Option<usize>,
-        host: usize,
-        svc: Svc,
-        role: Role,
-    ) -> usize {
+    fn add(&mut self, spans: &mut Vec<Planned>, parent: Option<usize>, host: usize, svc: Svc, role: Role) -> usize {
         let r = &mut self.rng;
         let (gap, pre, post) = match role {
             Role::WebServer => (0, r.us(300, 2000), r.us(500, 6000)),
@@ -309,21 +268,7 @@ impl Synth {
         };
         let id = r.nonzero();
         let i = spans.len();
-        spans.push(Planned {
-            parent,
-            host,
-            svc,
-            role,
-            gap,
-            pre,
-            post,
-            extra: 0,
-            children: Vec::new(),
-            error: false,
-            start: 0,
-            end: 0,
-            id,
-        });
+        spans.push(Planned { parent, host, svc, role, gap, pre, post, extra: 0, children: Vec::new(), error: false, start: 0, end: 0, id });
         if let Some(p) = parent {
             let kids = &mut spans[p].children;
             // Internal steps happen anywhere among their siblings; the rest in call order.
@@ -339,11 +284,7 @@ impl Synth {
     /// A query run by `parent` (a span of `svc` on `host`): the db client and server spans.
     fn query(&mut self, spans: &mut Vec<Planned>, parent: usize, call: usize) {
         let q = self.rng.pick(CALLS[call].queries);
-        let db = if QUERIES[q].write || self.rng.chance(0.15) {
-            DB_PRIMARY
-        } else {
-            DB_REPLICA
-        };
+        let db = if QUERIES[q].write || self.rng.chance(0.15) { DB_PRIMARY } else { DB_REPLICA };
         let (host, svc) = (spans[parent].host, spans[parent].svc);
         let c = self.add(spans, Some(parent), host, svc, Role::DbClient { q, db });
         self.add(spans, Some(c), db, Svc::Postgres, Role::PgServer { q });
@@ -353,20 +294,8 @@ impl Synth {
     fn http_call(&mut self, spans: &mut Vec<Planned>, parent: usize, call: usize) -> usize {
         let target = self.rng.pick(&API_HOSTS);
         let (host, svc) = (spans[parent].host, spans[parent].svc);
-        let c = self.add(
-            spans,
-            Some(parent),
-            host,
-            svc,
-            Role::HttpClient { call, target },
-        );
-        let s = self.add(
-            spans,
-            Some(c),
-            target,
-            CALLS[call].svc,
-            Role::ApiServer { call },
-        );
+        let c = self.add(spans, Some(parent), host, svc, Role::HttpClient { call, target });
+        let s = self.add(spans, Some(c), target, CALLS[call].svc, Role::ApiServer { call });
         self.query(spans, s, call);
         s
     }
@@ -384,10 +313,7 @@ impl Synth {
         while spans.len() < target {
             let left = target - spans.len();
             let pg: Vec<usize> = (0..spans.len())
-                .filter(|&i| {
-                    matches!(spans[i].role, Role::PgServer { .. })
-                        && spans[i].children.len() < PG_STEPS.len()
-                })
+                .filter(|&i| matches!(spans[i].role, Role::PgServer { .. }) && spans[i].children.len() < PG_STEPS.len())
                 .collect();
             // (weight, option): 0 query, 1 pg step, 2 api step, 3 web step, 4 hop, 5 side call.
             let mut options = vec![(2u64, 2usize)];
@@ -427,37 +353,19 @@ impl Synth {
                         continue;
                     };
                     let (name, host) = (PG_STEPS[spans[p].children.len()], spans[p].host);
-                    self.add(
-                        &mut spans,
-                        Some(p),
-                        host,
-                        Svc::Postgres,
-                        Role::PgInternal { q, name },
-                    );
+                    self.add(&mut spans, Some(p), host, Svc::Postgres, Role::PgInternal { q, name });
                 }
                 2 => {
                     let (p, call) = self.rng.pick(&containers);
                     let name = self.rng.pick(CALLS[call].steps);
                     let (host, svc) = (spans[p].host, spans[p].svc);
-                    let s = self.add(
-                        &mut spans,
-                        Some(p),
-                        host,
-                        svc,
-                        Role::ApiInternal { call, name },
-                    );
+                    let s = self.add(&mut spans, Some(p), host, svc, Role::ApiInternal { call, name });
                     containers.push((s, call));
                 }
                 3 => {
                     let name = WEB_STEPS[web_steps];
                     web_steps += 1;
-                    self.add(
-                        &mut spans,
-                        Some(root),
-                        web,
-                        Svc::Frontend,
-                        Role::WebInternal(name),
-                    );
+                    self.add(&mut spans, Some(root), web, Svc::Frontend, Role::WebInternal(name));
                 }
                 4 => {
                     hop_done = true;
@@ -494,12 +402,7 @@ fn layout(spans: &mut [Planned], i: usize, start: u64) -> u64 {
 fn request(spans: Vec<Keyed>) -> ExportTraceServiceRequest {
     let mut groups: BTreeMap<(usize, Svc), BTreeMap<Cat, Vec<Span>>> = BTreeMap::new();
     for ((host, svc, cat), span) in spans {
-        groups
-            .entry((host, svc))
-            .or_default()
-            .entry(cat)
-            .or_default()
-            .push(span);
+        groups.entry((host, svc)).or_default().entry(cat).or_default().push(span);
     }
     let resource_spans = groups
         .into_iter()
@@ -510,11 +413,7 @@ fn request(spans: Vec<Keyed>) -> ExportTraceServiceRequest {
                 .map(|(cat, spans)| {
                     let (name, version) = svc.scope(cat);
                     ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: name.into(),
-                            version: version.into(),
-                            ..Default::default()
-                        }),
+                        scope: Some(InstrumentationScope { name: name.into(), version: version.into(), ..Default::default() }),
                         spans,
                         schema_url: SCHEMA_URL.into(),
                     }

@@ -8,35 +8,17 @@ use crate::proto::trace::v1::status::StatusCode;
 use crate::proto::trace::v1::{Span, Status};
 
 impl Synth {
-    pub(super) fn render(
-        &mut self,
-        spans: &[Planned],
-        i: usize,
-        ctx: &Ctx,
-        tid: &[u8; 16],
-        base: u64,
-    ) -> Keyed {
+    pub(super) fn render(&mut self, spans: &[Planned], i: usize, ctx: &Ctx, tid: &[u8; 16], base: u64) -> Keyed {
         let p = &spans[i];
         let flow = &FLOWS[ctx.flow];
         let (start, end) = (base + p.start, base + p.end);
         let mut a = Attrs::default();
         let mut events = Vec::new();
         let mut status = None;
-        let failed_status = |msg: String| {
-            Some(Status {
-                message: msg,
-                code: StatusCode::Error as i32,
-            })
-        };
+        let failed_status = |msg: String| Some(Status { message: msg, code: StatusCode::Error as i32 });
         let (kind, cat, name) = match p.role {
             Role::WebServer => {
-                let code = if p.error {
-                    502
-                } else if flow.method == "POST" {
-                    201
-                } else {
-                    200
-                };
+                let code = http_code(p.error, 502, flow.method);
                 a.s("http.request.method", flow.method)
                     .s("http.route", flow.route)
                     .s("url.path", fill(flow.route, ctx))
@@ -48,26 +30,21 @@ impl Synth {
                     .s("user_agent.original", ctx.user_agent)
                     .s("network.protocol.version", "1.1");
                 a.extra_s("app.user.id", format!("u-{}", ctx.user_id));
-                a.extra_i(
-                    "http.response.body.size",
-                    self.rng.range(800, 60_000) as i64,
-                );
+                a.extra_i("http.response.body.size", self.rng.range(800, 60_000) as i64);
                 a.extra_s("network.peer.address", "10.0.0.5");
-                a.extra_arr(
-                    "http.request.header.x-forwarded-for",
-                    vec![ctx.client_ip.clone()],
-                );
+                a.extra_arr("http.request.header.x-forwarded-for", vec![ctx.client_ip.clone()]);
                 a.extra_b("app.session.new", self.rng.chance(0.2));
                 if p.error {
                     a.s("error.type", "502");
                     status = failed_status(String::new());
-                    events.push(exception(end - 200_000, "Error", "Request failed with status code 500", "Error: Request failed with status code 500\n    at settle (node_modules/axios/lib/core/settle.js:19:12)"));
+                    events.push(exception(
+                        end - 200_000,
+                        "Error",
+                        "Request failed with status code 500",
+                        "Error: Request failed with status code 500\n    at settle (node_modules/axios/lib/core/settle.js:19:12)",
+                    ));
                 }
-                (
-                    SpanKind::Server,
-                    Cat::HttpServer,
-                    format!("{} {}", flow.method, flow.route),
-                )
+                (SpanKind::Server, Cat::HttpServer, format!("{} {}", flow.method, flow.route))
             }
             Role::WebInternal(name) => {
                 a.s("code.function", name)
@@ -75,37 +52,22 @@ impl Synth {
                     .i("code.lineno", self.rng.range(20, 400) as i64)
                     .s("app.user.id", format!("u-{}", ctx.user_id));
                 a.s("app.page", flow.route);
-                a.extra_arr(
-                    "app.feature_flags",
-                    vec!["new-checkout".into(), "reco-v2".into()],
-                );
+                a.extra_arr("app.feature_flags", vec!["new-checkout".into(), "reco-v2".into()]);
                 a.extra_b("app.cache.hit", self.rng.chance(0.7));
                 a.extra_s("thread.name", "main");
                 (SpanKind::Internal, Cat::Internal, name.to_string())
             }
             Role::HttpClient { call, target } => {
                 let c = &CALLS[call];
-                let code = if p.error {
-                    500
-                } else if c.method == "POST" {
-                    201
-                } else {
-                    200
-                };
+                let code = http_code(p.error, 500, c.method);
                 a.s("http.request.method", c.method)
-                    .s(
-                        "url.full",
-                        format!("http://{}:8080{}", c.svc.dns(), fill(c.route, ctx)),
-                    )
+                    .s("url.full", format!("http://{}:8080{}", c.svc.dns(), fill(c.route, ctx)))
                     .s("server.address", c.svc.dns())
                     .i("server.port", 8080)
                     .i("http.response.status_code", code)
                     .s("network.peer.address", HOSTS[target].ip);
                 a.extra_s("network.protocol.version", "1.1");
-                a.extra_i(
-                    "http.response.body.size",
-                    self.rng.range(200, 20_000) as i64,
-                );
+                a.extra_i("http.response.body.size", self.rng.range(200, 20_000) as i64);
                 a.extra_i("network.peer.port", 8080);
                 if p.error {
                     a.s("error.type", "500");
@@ -115,13 +77,7 @@ impl Synth {
             }
             Role::ApiServer { call } => {
                 let c = &CALLS[call];
-                let code = if p.error {
-                    500
-                } else if c.method == "POST" {
-                    201
-                } else {
-                    200
-                };
+                let code = http_code(p.error, 500, c.method);
                 let caller = p.parent.map_or(0, |c| spans[c].host);
                 a.s("http.request.method", c.method)
                     .s("http.route", c.route)
@@ -132,21 +88,11 @@ impl Synth {
                     .i("server.port", 8080)
                     .s("client.address", HOSTS[caller].ip)
                     .s("network.protocol.version", "1.1");
-                a.extra_s(
-                    "user_agent.original",
-                    if spans[caller].svc.java() {
-                        "Java-http-client/21.0.5"
-                    } else {
-                        "node"
-                    },
-                );
+                a.extra_s("user_agent.original", if spans[caller].svc.java() { "Java-http-client/21.0.5" } else { "node" });
                 a.extra_s("app.cart.id", ctx.cart_id.to_string());
                 a.extra_s("app.user.id", format!("u-{}", ctx.user_id));
                 a.extra_i("thread.id", self.rng.range(30, 250) as i64);
-                a.extra_s(
-                    "thread.name",
-                    format!("http-nio-8080-exec-{}", self.rng.range(1, 20)),
-                );
+                a.extra_s("thread.name", format!("http-nio-8080-exec-{}", self.rng.range(1, 20)));
                 a.extra_i("http.request.body.size", self.rng.range(0, 4000) as i64);
                 if p.error {
                     a.s("error.type", "500");
@@ -155,28 +101,17 @@ impl Synth {
                         events.push(exception(end - 300_000, "org.springframework.dao.DataAccessResourceFailureException", "could not execute statement", "org.springframework.dao.DataAccessResourceFailureException: could not execute statement\n\tat com.example.shop.checkout.OrderService.place(OrderService.java:88)"));
                     }
                 }
-                (
-                    SpanKind::Server,
-                    Cat::HttpServer,
-                    format!("{} {}", c.method, c.route),
-                )
+                (SpanKind::Server, Cat::HttpServer, format!("{} {}", c.method, c.route))
             }
             Role::ApiInternal { call, name } => {
-                let lang = if p.svc.java() {
-                    "com.example.shop.checkout.OrderService"
-                } else {
-                    "example.com/shop/cart"
-                };
+                let lang = if p.svc.java() { "com.example.shop.checkout.OrderService" } else { "example.com/shop/cart" };
                 a.s("code.function", name)
                     .s("code.namespace", lang)
                     .i("code.lineno", self.rng.range(20, 600) as i64)
                     .i("thread.id", self.rng.range(30, 250) as i64)
                     .s("app.endpoint", CALLS[call].route);
                 a.extra_i("app.cart.items", self.rng.range(1, 12) as i64);
-                a.extra_f(
-                    "app.order.total",
-                    self.rng.range(500, 50_000) as f64 / 100.0,
-                );
+                a.extra_f("app.order.total", self.rng.range(500, 50_000) as f64 / 100.0);
                 a.extra_s("app.currency", "EUR");
                 a.extra_b("app.cache.hit", self.rng.chance(0.6));
                 a.extra_s("app.user.tier", self.rng.pick(&["free", "plus", "gold"]));
@@ -206,14 +141,7 @@ impl Synth {
                 a.extra_s("db.user", "shop_app");
                 a.extra_s("network.peer.address", HOSTS[db].ip);
                 a.extra_i("db.response.returned_rows", self.rng.range(0, 40) as i64);
-                a.extra_s(
-                    "db.client.connection.pool.name",
-                    if p.svc.java() {
-                        "HikariPool-1"
-                    } else {
-                        "pgxpool"
-                    },
-                );
+                a.extra_s("db.client.connection.pool.name", if p.svc.java() { "HikariPool-1" } else { "pgxpool" });
                 a.extra_i("thread.id", self.rng.range(30, 250) as i64);
                 if p.error {
                     let (ty, msg, code) = db_error(qq, ctx.slow, p.svc.java());
@@ -233,20 +161,10 @@ impl Synth {
                     .s("db.user", "shop_app")
                     .s("client.address", HOSTS[caller].ip);
                 a.extra_i("client.port", self.rng.range(32_768, 60_999) as i64);
-                a.extra_i(
-                    "db.postgresql.backend_pid",
-                    self.rng.range(1000, 60_000) as i64,
-                );
+                a.extra_i("db.postgresql.backend_pid", self.rng.range(1000, 60_000) as i64);
                 a.extra_i("db.query.id", (self.rng.next_u64() >> 1) as i64);
                 a.extra_i("db.response.returned_rows", self.rng.range(0, 40) as i64);
-                a.extra_s(
-                    "db.postgresql.role",
-                    if p.host == DB_PRIMARY {
-                        "primary"
-                    } else {
-                        "replica"
-                    },
-                );
+                a.extra_s("db.postgresql.role", if p.host == DB_PRIMARY { "primary" } else { "replica" });
                 if p.error {
                     let (_, msg, code) = db_error(qq, ctx.slow, false);
                     a.s("db.response.status_code", code);
@@ -257,14 +175,8 @@ impl Synth {
                         time_unix_nano: start + 100_000,
                         name: "lock.wait".into(),
                         attributes: vec![
-                            kv(
-                                "db.postgresql.lock.mode",
-                                Value::StringValue("RowExclusiveLock".into()),
-                            ),
-                            kv(
-                                "db.postgresql.lock.wait_ms",
-                                Value::IntValue(((end - start) / MS) as i64),
-                            ),
+                            kv("db.postgresql.lock.mode", Value::StringValue("RowExclusiveLock".into())),
+                            kv("db.postgresql.lock.wait_ms", Value::IntValue(((end - start) / MS) as i64)),
                         ],
                         ..Default::default()
                     });
@@ -275,24 +187,11 @@ impl Synth {
                 a.s("db.system", "postgresql")
                     .s("db.name", "shop")
                     .s("db.operation", QUERIES[q].op)
-                    .f(
-                        "db.postgresql.plan.total_cost",
-                        self.rng.range(1, 5000) as f64 / 10.0,
-                    )
+                    .f("db.postgresql.plan.total_cost", self.rng.range(1, 5000) as f64 / 10.0)
                     .i("db.postgresql.plan.rows", self.rng.range(1, 400) as i64);
-                a.extra_s(
-                    "db.postgresql.plan.node_type",
-                    self.rng
-                        .pick(&["Index Scan", "Seq Scan", "Bitmap Heap Scan", "Nested Loop"]),
-                );
-                a.extra_i(
-                    "db.postgresql.blocks.shared_hit",
-                    self.rng.range(0, 2000) as i64,
-                );
-                a.extra_i(
-                    "db.postgresql.blocks.shared_read",
-                    self.rng.range(0, 200) as i64,
-                );
+                a.extra_s("db.postgresql.plan.node_type", self.rng.pick(&["Index Scan", "Seq Scan", "Bitmap Heap Scan", "Nested Loop"]));
+                a.extra_i("db.postgresql.blocks.shared_hit", self.rng.range(0, 2000) as i64);
+                a.extra_i("db.postgresql.blocks.shared_read", self.rng.range(0, 200) as i64);
                 (SpanKind::Internal, Cat::Db, name.to_string())
             }
         };
@@ -302,10 +201,7 @@ impl Synth {
         let span = Span {
             trace_id: tid.to_vec(),
             span_id: p.id.to_be_bytes().to_vec(),
-            parent_span_id: p
-                .parent
-                .map(|q| spans[q].id.to_be_bytes().to_vec())
-                .unwrap_or_default(),
+            parent_span_id: p.parent.map(|q| spans[q].id.to_be_bytes().to_vec()).unwrap_or_default(),
             flags: if remote { FLAGS_REMOTE } else { FLAGS_LOCAL },
             name,
             kind: kind as i32,
@@ -333,6 +229,15 @@ fn exception(at: u64, ty: &str, msg: &str, stack: &str) -> Event {
     }
 }
 
+/// The status an HTTP span answers with: `failed` when it errored, else 201 for POST, 200.
+fn http_code(error: bool, failed: i64, method: &str) -> i64 {
+    match (error, method) {
+        (true, _) => failed,
+        (false, "POST") => 201,
+        _ => 200,
+    }
+}
+
 /// `route` with its `{placeholders}` filled from the trace's ids.
 fn fill(route: &str, ctx: &Ctx) -> String {
     route
@@ -342,11 +247,7 @@ fn fill(route: &str, ctx: &Ctx) -> String {
 }
 
 pub(super) fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
 }
 
 /// Required attributes, then optional ones drawn until the span has the wanted count.
@@ -382,14 +283,8 @@ impl Attrs {
         self.extra.push(kv(k, Value::BoolValue(v)));
     }
     fn extra_arr(&mut self, k: &str, v: Vec<String>) {
-        let values = v
-            .into_iter()
-            .map(|s| AnyValue {
-                value: Some(Value::StringValue(s)),
-            })
-            .collect();
-        self.extra
-            .push(kv(k, Value::ArrayValue(ArrayValue { values })));
+        let values = v.into_iter().map(|s| AnyValue { value: Some(Value::StringValue(s)) }).collect();
+        self.extra.push(kv(k, Value::ArrayValue(ArrayValue { values })));
     }
     fn finish(mut self, want: usize, rng: &mut Rng) -> Vec<KeyValue> {
         while self.base.len() < want && !self.extra.is_empty() {
