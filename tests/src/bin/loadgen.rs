@@ -42,8 +42,11 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-/// Attempts per request when the collector pushes back (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`).
-const MAX_ATTEMPTS: u32 = 10;
+/// Attempts per request when the collector pushes back (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`);
+/// the backoff doubles from 50 ms, so a request gives up after about 6 s. Then the whole run
+/// stops: a collector that stays full (e.g. a head past `head.memory_limit` with nothing to
+/// flush it) would otherwise keep the load generator waiting for nothing.
+const MAX_ATTEMPTS: u32 = 8;
 
 /// Load generator for skein-collector: OTLP/gRPC ingest and trace-by-id latency.
 #[derive(Parser, Debug)]
@@ -211,8 +214,10 @@ struct SendStats {
     rejected_spans: usize,
     retries: usize,
     failed_requests: usize,
-    /// Highest request index sent + 1.
-    sent_upto: usize,
+    /// Indices of the requests that were acknowledged.
+    acked: Vec<usize>,
+    /// When the last acknowledgement arrived.
+    last_ack: Option<Instant>,
     first_error: Option<String>,
 }
 
@@ -237,7 +242,6 @@ async fn connection(
             break;
         }
         let i = k % n;
-        st.sent_upto = st.sent_upto.max(i + 1);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -256,16 +260,20 @@ async fn connection(
                     let rejected = resp.into_inner().partial_success.map_or(0, |p| usize::try_from(p.rejected_spans).unwrap_or(0));
                     st.rejected_spans += rejected;
                     st.acked_spans += w.spans_per_request[i].saturating_sub(rejected);
+                    st.last_ack = Some(Instant::now());
+                    st.acked.push(i);
                     break;
                 }
                 Err(s) if matches!(s.code(), tonic::Code::ResourceExhausted | tonic::Code::Unavailable) && attempt < MAX_ATTEMPTS => {
                     st.retries += 1;
-                    let pause = Duration::from_millis(25u64 << attempt.min(6));
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(Duration::from_millis(25u64 << attempt)).await;
                 }
                 Err(s) => {
                     st.failed_requests += 1;
-                    st.first_error.get_or_insert_with(|| format!("{:?}: {}", s.code(), s.message()));
+                    st.first_error.get_or_insert_with(|| format!("{:?}: {} (after {attempt} attempts)", s.code(), s.message()));
+                    if attempt > 1 {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                     break;
                 }
             }
@@ -425,11 +433,13 @@ async fn query_phase(
     http: &reqwest::Client,
     query: SocketAddr,
     w: &Workload,
-    sent_upto: usize,
+    acked: &[usize],
     n: usize,
     seed: u64,
 ) -> Result<(Vec<u32>, usize, usize, Option<String>)> {
-    let candidates = &w.traces[..w.first_trace[sent_upto.min(w.requests.len())]];
+    // Only traces whose request was acknowledged: those must be found.
+    let candidates: Vec<([u8; 16], usize)> =
+        acked.iter().flat_map(|&i| &w.traces[w.first_trace[i]..w.first_trace[i + 1]]).copied().collect();
     if candidates.is_empty() || n == 0 {
         return Ok((Vec::new(), 0, 0, None));
     }
@@ -557,12 +567,14 @@ async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: Socke
         all.rejected_spans += s.rejected_spans;
         all.retries += s.retries;
         all.failed_requests += s.failed_requests;
-        all.sent_upto = all.sent_upto.max(s.sent_upto);
+        all.acked.extend(s.acked);
+        all.last_ack = all.last_ack.max(s.last_ack);
         if all.first_error.is_none() {
             all.first_error = s.first_error;
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    // Up to the last ack: time spent backing off from a full collector at the end is not ingest.
+    let elapsed = all.last_ack.map_or(started.elapsed(), |t| t - started).as_secs_f64();
     let cpu = match (pid, cpu0) {
         (Some(p), Some(c0)) => Some(cpu_seconds(p)? - c0),
         _ => None,
@@ -574,7 +586,7 @@ async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: Socke
     }
 
     eprintln!("loadgen: {:.0} spans/s; querying {} traces by id", ingest_rate, args.queries);
-    let (qlat, qerrors, qmismatched, qproblem) = query_phase(http, query, &w, all.sent_upto, args.queries, args.seed).await?;
+    let (qlat, qerrors, qmismatched, qproblem) = query_phase(http, query, &w, &all.acked, args.queries, args.seed).await?;
     let rss = pid.map(peak_rss).transpose()?;
 
     let ms = |us: u32| f64::from(us) / 1000.0;
