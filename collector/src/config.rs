@@ -116,7 +116,7 @@ pub struct HeadConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { memory_limit: ByteSize::gib(1) }
+        Self { memory_limit: ByteSize::gib(2) }
     }
 }
 

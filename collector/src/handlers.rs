@@ -70,6 +70,14 @@ impl TraceIngest for Collector {
             Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
         })
     }
+
+    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async move {
+            let store = self.ready_store()?;
+            let o = store.ingest_traces_protobuf(body).await.map_err(api_error)?;
+            Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
+        })
+    }
 }
 
 impl QueryService for Collector {

@@ -102,30 +102,7 @@ impl SpanRecord {
     }
 }
 
-/// Lower-case name of an OTLP span kind (`unspecified` for 0 or unknown values).
-pub fn kind_name(kind: i8) -> &'static str {
-    match kind {
-        1 => "internal",
-        2 => "server",
-        3 => "client",
-        4 => "producer",
-        5 => "consumer",
-        _ => "unspecified",
-    }
-}
-
-/// OTLP span kind for a lower-case name, as accepted in query parameters.
-pub fn kind_from_name(name: &str) -> Option<i8> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "unspecified" => 0,
-        "internal" => 1,
-        "server" => 2,
-        "client" => 3,
-        "producer" => 4,
-        "consumer" => 5,
-        _ => return None,
-    })
-}
+pub use skein_core::query::{span_kind_from_name as kind_from_name, span_kind_name as kind_name};
 
 /// Name of an OTLP status code: `unset`, `ok` or `error`.
 pub fn status_name(code: i8) -> &'static str {

@@ -55,44 +55,102 @@ pub mod tag {
     pub const EMPTY: u8 = b'n';
 }
 
-/// Appends the stored string form of `v` to `out` and returns its type tag.
-pub fn render(v: Option<&AnyValue>, out: &mut String) -> u8 {
-    use std::fmt::Write;
-    match v.and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => {
-            out.push_str(s);
+/// A scalar attribute value borrowed from wherever it was read (a decoded `AnyValue` or the
+/// protobuf bytes of one), rendered by [`render_ref`] exactly as [`render`] renders the owned
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// A string, as its UTF-8 bytes. They may be checked after rendering: the spans builders
+    /// validate whole columns at once rather than each value.
+    Str(&'a [u8]),
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit signed integer.
+    Int(i64),
+    /// A double.
+    Double(f64),
+    /// Raw bytes.
+    Bytes(&'a [u8]),
+    /// No value (or a `string_value_strindex`, which Skein does not resolve).
+    Empty,
+}
+
+/// Appends the stored string form of a scalar value to `out` (UTF-8 if the value's string
+/// was) and returns its type tag.
+pub fn render_ref(v: ValueRef<'_>, out: &mut Vec<u8>) -> u8 {
+    match v {
+        ValueRef::Str(s) => {
+            out.extend_from_slice(s);
             tag::STRING
         }
-        Some(Value::BoolValue(b)) => {
-            out.push_str(if *b { "true" } else { "false" });
+        ValueRef::Bool(b) => {
+            out.extend_from_slice(if b { b"true" } else { b"false" });
             tag::BOOL
         }
-        Some(Value::IntValue(i)) => {
-            let _ = write!(out, "{i}");
+        ValueRef::Int(i) => {
+            push_int(i, out);
             tag::INT
         }
-        Some(Value::DoubleValue(d)) => {
+        ValueRef::Double(d) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
             let _ = write!(out, "{d:?}");
             tag::DOUBLE
         }
-        Some(Value::BytesValue(b)) => {
-            base64::engine::general_purpose::STANDARD.encode_string(b, out);
+        ValueRef::Bytes(b) => {
+            let start = out.len();
+            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+            let n = base64::engine::general_purpose::STANDARD.encode_slice(b, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + n);
             tag::BYTES
         }
+        ValueRef::Empty => tag::EMPTY,
+    }
+}
+
+/// Appends `i` in decimal, as `{i}` formats it, without the formatting machinery (ints are the
+/// second most common attribute type and this is the ingest hot path).
+fn push_int(i: i64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut n = i.unsigned_abs();
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[at..]);
+}
+
+/// Appends the stored string form of `v` (always UTF-8) to `out` and returns its type tag.
+pub fn render(v: Option<&AnyValue>, out: &mut Vec<u8>) -> u8 {
+    let scalar = match v.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => ValueRef::Str(s.as_bytes()),
+        Some(Value::BoolValue(b)) => ValueRef::Bool(*b),
+        Some(Value::IntValue(i)) => ValueRef::Int(*i),
+        Some(Value::DoubleValue(d)) => ValueRef::Double(*d),
+        Some(Value::BytesValue(b)) => ValueRef::Bytes(b),
         Some(Value::ArrayValue(a)) => {
             let j = Json::Array(a.values.iter().map(any_to_json).collect());
-            out.push_str(&j.to_string());
-            tag::ARRAY
+            out.extend_from_slice(j.to_string().as_bytes());
+            return tag::ARRAY;
         }
         Some(Value::KvlistValue(kv)) => {
             let j = Json::Object(
                 kv.values.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(any_to_json).unwrap_or(Json::Null))).collect(),
             );
-            out.push_str(&j.to_string());
-            tag::KVLIST
+            out.extend_from_slice(j.to_string().as_bytes());
+            return tag::KVLIST;
         }
-        Some(Value::StringValueStrindex(_)) | None => tag::EMPTY,
-    }
+        Some(Value::StringValueStrindex(_)) | None => ValueRef::Empty,
+    };
+    render_ref(scalar, out)
 }
 
 /// Plain JSON for an `AnyValue` nested inside an array or kvlist.
@@ -170,9 +228,9 @@ mod tests {
     use skein_otlp::proto::common::v1::ArrayValue;
 
     fn rt(v: Value) -> TypedValue {
-        let mut s = String::new();
+        let mut s = Vec::new();
         let t = render(Some(&AnyValue { value: Some(v) }), &mut s);
-        parse(t, &s)
+        parse(t, std::str::from_utf8(&s).unwrap())
     }
 
     #[test]
@@ -183,10 +241,25 @@ mod tests {
         assert_eq!(rt(Value::DoubleValue(200.0)), TypedValue::Double(200.0));
         assert_eq!(rt(Value::StringValue("true".into())), TypedValue::String("true".into()));
         assert_eq!(rt(Value::BytesValue(vec![0, 255, 7])), TypedValue::Bytes(vec![0, 255, 7]));
+        for n in 0..7 {
+            let b: Vec<u8> = (0..n).map(|i| i * 40).collect();
+            let mut s = Vec::new();
+            render_ref(ValueRef::Bytes(&b), &mut s);
+            assert_eq!(s, base64::engine::general_purpose::STANDARD.encode(&b).into_bytes());
+        }
         let arr = Value::ArrayValue(ArrayValue {
             values: vec![AnyValue { value: Some(Value::StringValue("a".into())) }, AnyValue { value: Some(Value::IntValue(2)) }],
         });
         assert_eq!(rt(arr), TypedValue::Json(serde_json::json!(["a", 2])));
         assert_eq!(TypedValue::Double(200.0).to_json().to_string(), "200.0");
+    }
+
+    #[test]
+    fn ints_render_as_display_does() {
+        for i in [0, 1, -1, 9, 10, -10, 42, 1_000_000_007, -987_654_321_012, i64::MAX, i64::MIN, i64::MIN + 1] {
+            let mut s = b"x".to_vec();
+            assert_eq!(render_ref(ValueRef::Int(i), &mut s), tag::INT);
+            assert_eq!(s, format!("x{i}").into_bytes());
+        }
     }
 }

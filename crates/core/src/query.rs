@@ -35,3 +35,29 @@ pub struct TraceOptions {
     /// Apply Jaeger's clock-skew adjustment (`?adjust=skew`).
     pub adjust_skew: bool,
 }
+
+/// Lower-case name of an OTLP span kind (`unspecified` for 0 or unknown values), as Jaeger and
+/// the native API print it.
+pub fn span_kind_name(kind: i8) -> &'static str {
+    match kind {
+        1 => "internal",
+        2 => "server",
+        3 => "client",
+        4 => "producer",
+        5 => "consumer",
+        _ => "unspecified",
+    }
+}
+
+/// OTLP span kind for a name, case-insensitive (`server` → 2).
+pub fn span_kind_from_name(name: &str) -> Option<i8> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "unspecified" => 0,
+        "internal" => 1,
+        "server" => 2,
+        "client" => 3,
+        "producer" => 4,
+        "consumer" => 5,
+        _ => return None,
+    })
+}

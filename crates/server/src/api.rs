@@ -77,20 +77,10 @@ async fn operations(State(st): State<QState>, Path(service): Path<String>) -> Re
     let r = blocking(&st, "services", move |q| q.operations(&service)).await;
     match r {
         Ok(ops) => {
-            let ops: Vec<Value> = ops.into_iter().map(|(name, kind)| json!({"name": name, "span_kind": kind_name(kind)})).collect();
+            let ops: Vec<Value> =
+                ops.into_iter().map(|(name, kind)| json!({"name": name, "span_kind": skein_core::query::span_kind_name(kind)})).collect();
             Json(json!({ "operations": ops })).into_response()
         }
         Err(e) => e.into_response(),
-    }
-}
-
-pub(crate) fn kind_name(kind: i8) -> &'static str {
-    match kind {
-        1 => "internal",
-        2 => "server",
-        3 => "client",
-        4 => "producer",
-        5 => "consumer",
-        _ => "unspecified",
     }
 }

@@ -1,5 +1,6 @@
-//! OTLP ingest: `POST /v1/traces` over HTTP (protobuf or JSON, gzip) and the gRPC
-//! `TraceService`, both answering with OTLP's status semantics.
+//! OTLP/HTTP ingest: `POST /v1/traces` (protobuf or JSON, gzip), answering with OTLP's status
+//! semantics (`google.rpc.Status` bodies in the request's encoding). The gRPC side is in
+//! `grpc.rs`.
 
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
@@ -12,7 +13,6 @@ use axum::routing::post;
 use http_body_util::{BodyExt, Limited};
 use skein_core::ErrorCode;
 use skein_otlp::codec::{self, Encoding};
-use skein_otlp::proto::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use skein_otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus};
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,57 +88,18 @@ async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encod
     };
     let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = codec::decompress(raw, ce, st.max_body).map_err(decode_err)?;
-    let req: ExportTraceServiceRequest = codec::decode(&body, enc).map_err(decode_err)?;
-    st.ingest.export_traces(req).await
+    match enc {
+        Encoding::Protobuf => st.ingest.export_traces_protobuf(body).await,
+        Encoding::Json => {
+            let req: ExportTraceServiceRequest = codec::decode(&body, enc).map_err(decode_err)?;
+            st.ingest.export_traces(req).await
+        }
+    }
 }
 
-fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
+pub(crate) fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
         partial_success: (o.rejected > 0 || !o.message.is_empty())
             .then(|| ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
     }
-}
-
-/// The gRPC `TraceService` over an ingest handler.
-struct GrpcTraces {
-    ingest: Arc<dyn TraceIngest>,
-    metrics: Arc<ServerMetrics>,
-}
-
-fn grpc_status(e: &ApiError) -> tonic::Status {
-    use tonic_types::{ErrorDetails, StatusExt};
-    let code = tonic::Code::from_i32(e.code.grpc_code());
-    match e.retry_after {
-        Some(d) => tonic::Status::with_error_details(code, e.message.clone(), ErrorDetails::with_retry_info(Some(d))),
-        None => tonic::Status::new(code, e.message.clone()),
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for GrpcTraces {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let t = Instant::now();
-        let r = self.ingest.export_traces(request.into_inner()).await;
-        let code = match &r {
-            Ok(_) => 200,
-            Err(e) => e.code.http_status(),
-        };
-        self.metrics.observe("otlp_grpc", code, t.elapsed());
-        r.map(|o| tonic::Response::new(response(o))).map_err(|e| grpc_status(&e))
-    }
-}
-
-/// The gRPC `TraceService` server, accepting gzip and messages up to `max_message` bytes.
-pub fn grpc_trace_service(
-    ingest: Arc<dyn TraceIngest>,
-    max_message: usize,
-    metrics: Arc<ServerMetrics>,
-) -> TraceServiceServer<impl TraceService> {
-    TraceServiceServer::new(GrpcTraces { ingest, metrics })
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message)
 }

@@ -2,7 +2,7 @@
 //! Jaeger data source and Jaeger UI work against Skein unchanged.
 
 use crate::QueryService;
-use crate::api::{QState, blocking, kind_name};
+use crate::api::{QState, blocking};
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
 use crate::params::{self, Params};
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use skein_core::TraceId;
+use skein_core::query::span_kind_name as kind_name;
 use std::sync::Arc;
 
 pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) -> axum::Router {

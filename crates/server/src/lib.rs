@@ -8,13 +8,15 @@
 
 mod api;
 mod error;
+mod grpc;
 mod ingest;
 mod jaeger;
 mod ops;
 mod params;
 
 pub use error::ApiError;
-pub use ingest::{grpc_trace_service, otlp_http_router};
+pub use grpc::{TraceGrpcService, grpc_trace_service};
+pub use ingest::otlp_http_router;
 pub use ops::ServerMetrics;
 pub use params::parse_go_duration;
 
@@ -45,6 +47,13 @@ pub trait TraceIngest: Send + Sync + 'static {
     /// # Errors
     /// An [`ApiError`] whose code decides the HTTP/gRPC status and whether the client retries.
     fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
+
+    /// Stores a trace export given as the protobuf encoding of an `ExportTraceServiceRequest`
+    /// (the gRPC message or an OTLP/HTTP protobuf body, already decompressed).
+    ///
+    /// # Errors
+    /// As [`TraceIngest::export_traces`], plus `BadRequest` for malformed protobuf.
+    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
 }
 
 /// Answers queries. Methods may take milliseconds of CPU; the server calls them on the

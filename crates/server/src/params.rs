@@ -115,19 +115,10 @@ fn status_code(v: &str) -> Result<i8, ApiError> {
     }
 }
 
-/// Span kind by lowercase name.
+/// Span kind by lowercase name, or a 400 naming the parameter.
 pub fn span_kind(key: &str, v: &str) -> Result<i8, ApiError> {
-    Ok(match v.to_ascii_lowercase().as_str() {
-        "unspecified" => 0,
-        "internal" => 1,
-        "server" => 2,
-        "client" => 3,
-        "producer" => 4,
-        "consumer" => 5,
-        _ => {
-            return Err(ApiError::bad_request(format!("parameter {key}={v:?}: expected server, client, producer, consumer or internal")));
-        }
-    })
+    skein_core::query::span_kind_from_name(v)
+        .ok_or_else(|| ApiError::bad_request(format!("parameter {key}={v:?}: expected server, client, producer, consumer or internal")))
 }
 
 /// Native search: `service`, `operation`, `span_kind`, `node`, `min_duration`, `max_duration`,

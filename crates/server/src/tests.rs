@@ -21,6 +21,19 @@ impl TraceIngest for FakeIngest {
             }
         })
     }
+
+    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        self.decode_then_export(body)
+    }
+}
+
+impl FakeIngest {
+    fn decode_then_export(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        match <ExportTraceServiceRequest as Message>::decode(&body[..]) {
+            Ok(req) => self.export_traces(req),
+            Err(e) => Box::pin(async move { Err(ApiError::bad_request(format!("malformed protobuf: {e}"))) }),
+        }
+    }
 }
 
 struct FakeQuery;

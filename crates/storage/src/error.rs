@@ -8,6 +8,12 @@ pub enum Error {
     /// Every span of the request was invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The request is not a decodable `ExportTraceServiceRequest`.
+    #[error("{0}")]
+    Malformed(String),
+    /// Decoding protobuf straight into Arrow failed (malformed input, naming field and offset).
+    #[error("{0}")]
+    Wire(#[from] skein_columnar::spans::WireError),
     /// The head is at its memory limit.
     #[error("head is full: {used} bytes in memory, limit {limit}; retry after the backlog drains")]
     HeadFull {
@@ -41,7 +47,8 @@ impl Error {
     /// The transport-independent error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Invalid(_) => ErrorCode::BadRequest,
+            Self::Invalid(_) | Self::Malformed(_) => ErrorCode::BadRequest,
+            Self::Wire(e) => e.code(),
             Self::HeadFull { .. } => ErrorCode::ResourceExhausted,
             Self::NotReady(_) => ErrorCode::Unavailable,
             Self::Wal(_) | Self::Arrow(_) | Self::Replay { .. } => ErrorCode::Internal,

@@ -2,14 +2,15 @@
 
 use crate::error::{Error, Result};
 use crate::head::Head;
+use bytes::Bytes;
 use prost::Message;
 use skein_core::metrics::{self, Counter, Histogram};
-use skein_otlp::{ExportTraceServiceRequest, Limits, validate_traces};
+use skein_otlp::{ExportTraceServiceRequest, Limits, Validated, validate_traces};
 use skein_wal::{ReplayReport, Wal, WalOptions};
 use std::path::Path;
 use std::time::Instant;
 
-/// WAL record kind: an `ExportTraceServiceRequest` in protobuf, after validation.
+/// WAL record kind: an `ExportTraceServiceRequest` in protobuf, holding only accepted spans.
 const RECORD_TRACES: u8 = 1;
 
 /// Configuration of the store.
@@ -83,6 +84,50 @@ impl Store {
     /// log could not be written (nothing is acknowledged then).
     pub async fn ingest_traces(&self, mut req: ExportTraceServiceRequest) -> Result<IngestOutcome> {
         let v = validate_traces(&mut req, &self.cfg.limits);
+        self.count_validation(&v);
+        if v.accepted == 0 {
+            return self.nothing_accepted(&v);
+        }
+        self.check_memory()?;
+        let t = Instant::now();
+        let batch = skein_columnar::spans::build(&req)?;
+        let mut payload = Vec::with_capacity(req.encoded_len() + 1);
+        payload.push(RECORD_TRACES);
+        // Encoding into a Vec with enough capacity cannot fail.
+        let _ = req.encode(&mut payload);
+        self.metrics.build_seconds.observe(t.elapsed());
+        self.commit(payload, batch, &v).await
+    }
+
+    /// Stores a trace export given as protobuf bytes (a gRPC message or an OTLP/HTTP body).
+    /// The bytes are decoded straight into Arrow, and when every span passed untouched they are
+    /// also what the WAL stores; otherwise the accepted part is re-encoded as
+    /// [`Store::ingest_traces`] does.
+    ///
+    /// # Errors
+    /// `Malformed` for bytes that are not an `ExportTraceServiceRequest`, else as
+    /// [`Store::ingest_traces`].
+    pub async fn ingest_traces_protobuf(&self, body: Bytes) -> Result<IngestOutcome> {
+        let t = Instant::now();
+        let out = skein_columnar::spans::build_from_protobuf(&body, &self.cfg.limits).map_err(Error::Wire)?;
+        if out.modified {
+            // Rare: something was rejected or trimmed, so the WAL must hold the corrected request.
+            let req = ExportTraceServiceRequest::decode(&body[..]).map_err(|e| Error::Malformed(format!("malformed protobuf: {e}")))?;
+            return self.ingest_traces(req).await;
+        }
+        self.count_validation(&out.validated);
+        if out.validated.accepted == 0 {
+            return self.nothing_accepted(&out.validated);
+        }
+        self.check_memory()?;
+        let mut payload = Vec::with_capacity(body.len() + 1);
+        payload.push(RECORD_TRACES);
+        payload.extend_from_slice(&body);
+        self.metrics.build_seconds.observe(t.elapsed());
+        self.commit(payload, out.batch, &out.validated).await
+    }
+
+    fn count_validation(&self, v: &Validated) {
         self.metrics.attributes_dropped.add(v.attributes_dropped);
         self.metrics.values_truncated.add(v.values_truncated);
         if v.rejected > 0 {
@@ -91,24 +136,26 @@ impl Store {
                 *r.entry(reason).or_default() += n;
             }
         }
-        if v.accepted == 0 {
-            if v.rejected > 0 {
-                return Err(Error::Invalid(v.message()));
-            }
-            return Ok(IngestOutcome::default());
+    }
+
+    fn nothing_accepted(&self, v: &Validated) -> Result<IngestOutcome> {
+        if v.rejected > 0 {
+            return Err(Error::Invalid(v.message()));
         }
+        Ok(IngestOutcome::default())
+    }
+
+    fn check_memory(&self) -> Result<()> {
         let used = self.head.stats().bytes as u64;
         if used >= self.cfg.memory_limit {
             self.metrics.requests_refused_full.inc();
             return Err(Error::HeadFull { used, limit: self.cfg.memory_limit });
         }
-        let t = Instant::now();
-        let batch = skein_columnar::spans::build(&req)?;
-        let mut payload = Vec::with_capacity(req.encoded_len() + 1);
-        payload.push(RECORD_TRACES);
-        // Encoding into a Vec with enough capacity cannot fail.
-        let _ = req.encode(&mut payload);
-        self.metrics.build_seconds.observe(t.elapsed());
+        Ok(())
+    }
+
+    /// Appends to the WAL, waits for durability, then makes the spans queryable.
+    async fn commit(&self, payload: Vec<u8>, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
         self.wal.append(payload).await?;
         self.head.insert(batch)?;
         self.metrics.spans_accepted.add(v.accepted as u64);

@@ -1,7 +1,8 @@
 //! In-process benchmarks of the collector's hot paths, each beside a baseline measured in the
 //! same run on the same data, so the ratios mean something on a shared, noisy machine:
 //!
-//! - decode: prost-decoding OTLP requests (baseline) vs decode + validate + Arrow build;
+//! - decode: prost-decoding OTLP requests (baseline) vs decode + validate + Arrow build, and vs
+//!   `build_from_protobuf` (validation and Arrow build in one pass over the protobuf bytes);
 //! - WAL append: raw `write` of the same bytes to a file (baseline) vs `Wal::append`, with and
 //!   without fsync, from concurrent tasks (group commit);
 //! - trace lookup with `--head-spans` spans in the head: prost-decoding the trace's own spans
@@ -76,12 +77,22 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(skein_columnar::spans::build(&r)?);
     }
     let build = t.elapsed();
+    let t = Instant::now();
+    for b in sample {
+        std::hint::black_box(skein_columnar::spans::build_from_protobuf(b, &skein_otlp::Limits::default())?);
+    }
+    let wire = t.elapsed();
     let rate = |d: Duration| sample_spans as f64 / d.as_secs_f64();
     println!("decode only:                 {:>12.0} spans/s", rate(decode));
     println!(
         "decode+validate+arrow build: {:>12.0} spans/s  ({:.2}x of decode-only)",
         rate(build),
         decode.as_secs_f64() / build.as_secs_f64()
+    );
+    println!(
+        "build_from_protobuf:         {:>12.0} spans/s  ({:.2}x of decode-only)",
+        rate(wire),
+        decode.as_secs_f64() / wire.as_secs_f64()
     );
 
     // 2. WAL append vs raw file writes

@@ -1,0 +1,145 @@
+//! The `spans` table: its Arrow schema, two builders that produce it, and a typed view for
+//! reading rows back. One row per span; see ARCHITECTURE §3.
+//!
+//! - [`build()`] turns a decoded, validated `ExportTraceServiceRequest` into a batch (used on WAL
+//!   replay and for OTLP/JSON);
+//! - [`build_from_protobuf`] reads the OTLP protobuf bytes of a request straight into the same
+//!   column buffers, validating as it goes, with no intermediate structs: the ingest hot path.
+//!
+//! Both write Arrow buffers directly (offsets and value bytes in plain `Vec`s, see
+//! `build::Columns`) rather than through per-value `ArrayBuilder` calls, and both finish through
+//! the same code, so they produce equal batches for the same request.
+//!
+//! Modules: `build` (the columns and the builder from structs), `wire` (the decoder from
+//! protobuf, with `kv` for attributes and `protobuf` for the wire format itself), `view`
+//! (reading batches back).
+
+mod build;
+mod kv;
+mod protobuf;
+mod view;
+mod wire;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use build::{build, node_of, service_of};
+pub use protobuf::WireReason;
+pub use view::{DictStr, SpanView, find_attr};
+pub use wire::{WireError, WireOutcome, build_from_protobuf};
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use std::sync::{Arc, OnceLock};
+
+/// Column positions in [`schema`].
+pub mod col {
+    #![allow(missing_docs)]
+    pub const TRACE_ID: usize = 0;
+    pub const SPAN_ID: usize = 1;
+    pub const PARENT_SPAN_ID: usize = 2;
+    pub const TRACE_STATE: usize = 3;
+    pub const FLAGS: usize = 4;
+    pub const NAME: usize = 5;
+    pub const KIND: usize = 6;
+    pub const START_TIME: usize = 7;
+    pub const END_TIME: usize = 8;
+    pub const DURATION_NS: usize = 9;
+    pub const STATUS_CODE: usize = 10;
+    pub const STATUS_MESSAGE: usize = 11;
+    pub const SERVICE_NAME: usize = 12;
+    pub const NODE: usize = 13;
+    pub const RESOURCE_ATTRIBUTES: usize = 14;
+    pub const RESOURCE_ATTRIBUTE_TYPES: usize = 15;
+    pub const ATTRIBUTES: usize = 16;
+    pub const ATTRIBUTE_TYPES: usize = 17;
+    pub const SCOPE_NAME: usize = 18;
+    pub const SCOPE_VERSION: usize = 19;
+    pub const EVENTS: usize = 20;
+    pub const LINKS: usize = 21;
+    pub const DROPPED_ATTRIBUTES_COUNT: usize = 22;
+    pub const DROPPED_EVENTS_COUNT: usize = 23;
+    pub const DROPPED_LINKS_COUNT: usize = 24;
+}
+
+/// Service name used when a resource has no `service.name` (the OTel SDK convention).
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+/// Node name used when a resource names no host or pod.
+pub const UNKNOWN_NODE: &str = "unknown_node";
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+fn dict() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+fn map_entries() -> Arc<Field> {
+    Arc::new(Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)])),
+        false,
+    ))
+}
+
+/// `Map<Utf8, Utf8>` as used for every attribute map.
+pub fn map_type() -> DataType {
+    DataType::Map(map_entries(), false)
+}
+
+fn event_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("time", ts(), false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("attributes", map_type(), false),
+        Field::new("attribute_types", DataType::Binary, false),
+        Field::new("dropped_attributes_count", DataType::UInt32, false),
+    ])
+}
+
+fn link_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+        Field::new("span_id", DataType::FixedSizeBinary(8), false),
+        Field::new("trace_state", DataType::Utf8, true),
+        Field::new("attributes", map_type(), false),
+        Field::new("attribute_types", DataType::Binary, false),
+        Field::new("dropped_attributes_count", DataType::UInt32, false),
+    ])
+}
+
+/// The Arrow schema of the `spans` table.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+            Field::new("span_id", DataType::FixedSizeBinary(8), false),
+            Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+            Field::new("trace_state", DataType::Utf8, true),
+            Field::new("flags", DataType::UInt32, false),
+            Field::new("name", dict(), false),
+            Field::new("kind", DataType::Int8, false),
+            Field::new("start_time", ts(), false),
+            Field::new("end_time", ts(), false),
+            Field::new("duration_ns", DataType::Int64, false),
+            Field::new("status_code", DataType::Int8, false),
+            Field::new("status_message", DataType::Utf8, true),
+            Field::new("service_name", dict(), false),
+            Field::new("node", dict(), false),
+            Field::new("resource_attributes", map_type(), false),
+            Field::new("resource_attribute_types", DataType::Binary, false),
+            Field::new("attributes", map_type(), false),
+            Field::new("attribute_types", DataType::Binary, false),
+            Field::new("scope_name", dict(), true),
+            Field::new("scope_version", dict(), true),
+            Field::new("events", DataType::List(Arc::new(Field::new_struct("item", event_fields(), false))), false),
+            Field::new("links", DataType::List(Arc::new(Field::new_struct("item", link_fields(), false))), false),
+            Field::new("dropped_attributes_count", DataType::UInt32, false),
+            Field::new("dropped_events_count", DataType::UInt32, false),
+            Field::new("dropped_links_count", DataType::UInt32, false),
+        ]))
+    }))
+}
