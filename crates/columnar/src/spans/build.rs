@@ -1,19 +1,21 @@
-//! The column buffers of a `spans` batch ([`Columns`], with the [`StrCol`] and [`MapCol`]
-//! helpers) and the builder from a decoded request ([`build`]). The wire decoder
+//! The column buffers of a `spans` batch ([`Columns`], with the [`StrCol`], [`MapCol`] and
+//! [`ResourceCol`] helpers) and the builder from a decoded request ([`build`]). The wire decoder
 //! (`super::wire`) fills the same buffers, so both builders finish through
 //! [`Columns::finish`] and produce the same batch for the same request.
 
 use super::{UNKNOWN_NODE, UNKNOWN_SERVICE, event_fields, link_fields, map_entries, schema};
 use crate::value;
 use arrow::array::{
-    ArrayRef, BinaryArray, DictionaryArray, FixedSizeBinaryArray, Int8Array, Int64Array, ListArray, MapArray, RecordBatch, StringArray,
-    StringDictionaryBuilder, StructArray, TimestampNanosecondArray, UInt32Array,
+    ArrayRef, BinaryArray, DictionaryArray, FixedSizeBinaryArray, Int8Array, Int32Array, Int64Array, ListArray, MapArray, RecordBatch,
+    StringArray, StringDictionaryBuilder, StructArray, TimestampNanosecondArray, UInt32Array,
 };
 use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Int32Type};
 use arrow::error::ArrowError;
+use prost::Message;
 use skein_otlp::ExportTraceServiceRequest;
 use skein_otlp::proto::common::v1::KeyValue;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A growing Utf8 column: offsets plus bytes, with a validity bitmap once a null is pushed.
@@ -119,38 +121,6 @@ impl MapCol {
         self.offsets.push(self.tags.len() as i32);
     }
 
-    /// Appends every entry of `src`, whatever its rows, as one row: a resource's attributes are
-    /// rendered once and copied to each of its spans.
-    pub(super) fn push_entries_of(&mut self, src: &MapCol) {
-        for (dst, src) in [(&mut self.keys, &src.keys), (&mut self.values, &src.values)] {
-            let base = dst.data.len() as i32;
-            dst.data.extend_from_slice(&src.data);
-            dst.offsets.extend(src.offsets[1..].iter().map(|o| o + base));
-        }
-        self.tags.extend_from_slice(&src.tags);
-        self.close_row();
-    }
-
-    /// Makes room for `rows` more rows each holding the entries of `src`.
-    pub(super) fn reserve_copies(&mut self, rows: usize, src: &MapCol) {
-        for (dst, src) in [(&mut self.keys, &src.keys), (&mut self.values, &src.values)] {
-            dst.data.reserve(rows * src.data.len());
-            dst.offsets.reserve(rows * (src.offsets.len() - 1));
-        }
-        self.tags.reserve(rows * src.tags.len());
-        self.offsets.reserve(rows);
-    }
-
-    /// Forgets every entry and row, keeping the allocations.
-    pub(super) fn clear(&mut self) {
-        for c in [&mut self.keys, &mut self.values] {
-            c.data.clear();
-            c.offsets.truncate(1);
-        }
-        self.tags.clear();
-        self.offsets.truncate(1);
-    }
-
     /// # Errors
     /// If a key or value is not UTF-8.
     fn finish(self) -> Result<(MapArray, BinaryArray), ArrowError> {
@@ -166,6 +136,46 @@ impl MapCol {
         let map = MapArray::new(map_entries(), offsets.clone(), entries, None, false);
         let tags = BinaryArray::new(offsets, Buffer::from(exact(self.tags)), None);
         Ok((map, tags))
+    }
+}
+
+/// The growing `resource` column: a key per row into the distinct resource encodings of the
+/// batch, each stored once (see the `spans` module documentation).
+pub(super) struct ResourceCol {
+    keys: Vec<i32>,
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    /// The key of each encoding stored so far.
+    index: HashMap<Vec<u8>, i32>,
+}
+
+impl ResourceCol {
+    fn new(n: usize) -> Self {
+        Self { keys: Vec::with_capacity(n), offsets: vec![0], values: Vec::new(), index: HashMap::new() }
+    }
+
+    /// Appends `rows` rows holding the resource encoded as `encoded`.
+    fn push(&mut self, rows: usize, encoded: &[u8]) {
+        // A value appended zero times would still enter the dictionary.
+        if rows == 0 {
+            return;
+        }
+        let key = match self.index.get(encoded) {
+            Some(&k) => k,
+            None => {
+                let k = (self.offsets.len() - 1) as i32;
+                self.values.extend_from_slice(encoded);
+                self.offsets.push(self.values.len() as i32);
+                self.index.insert(encoded.to_vec(), k);
+                k
+            }
+        };
+        self.keys.extend(std::iter::repeat_n(key, rows));
+    }
+
+    fn finish(self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+        let values = BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets))), Buffer::from(exact(self.values)), None);
+        DictionaryArray::try_new(Int32Array::from(exact(self.keys)), Arc::new(values))
     }
 }
 
@@ -208,8 +218,9 @@ pub(super) struct SpanRow<'a> {
 ///
 /// A span is appended in this order: its events (each: `ev_attrs` row, then
 /// [`Self::push_event`]), its links (each: `ln_attrs` row, then [`Self::push_link`]), its
-/// `attrs` and `res_attrs` rows, then [`Self::push_span`]; after the spans of a scope,
-/// [`Self::push_scope_rows`] fills the per-scope columns for them. The dictionary columns are
+/// `attrs` row, then [`Self::push_span`]; after the spans of a scope, [`Self::push_scope_rows`]
+/// fills the per-scope columns for them, and after those of a resource,
+/// [`Self::push_resource_rows`] fills the `resource` column. The dictionary columns are
 /// encoded by [`Self::finish`], which knows the number of rows and so sizes them exactly.
 pub(super) struct Columns {
     trace_ids: Vec<u8>,
@@ -225,7 +236,7 @@ pub(super) struct Columns {
     durations: Vec<i64>,
     status_codes: Vec<i8>,
     status_msgs: StrCol,
-    pub(super) res_attrs: MapCol,
+    resource: ResourceCol,
     pub(super) attrs: MapCol,
     /// Rows of each run of spans that share a service, node and scope.
     run_rows: Vec<usize>,
@@ -263,7 +274,7 @@ impl Columns {
             durations: Vec::with_capacity(n),
             status_codes: Vec::with_capacity(n),
             status_msgs: StrCol::new(),
-            res_attrs: MapCol::new(),
+            resource: ResourceCol::new(n),
             attrs: MapCol::new(),
             run_rows: Vec::new(),
             run_strs: StrCol::new(),
@@ -338,6 +349,12 @@ impl Columns {
         }
     }
 
+    /// Fills the `resource` column of the last `rows` spans, which share the resource whose
+    /// protobuf encoding (after validation's limits) is `encoded`.
+    pub(super) fn push_resource_rows(&mut self, rows: usize, encoded: &[u8]) {
+        self.resource.push(rows, encoded);
+    }
+
     /// The dictionary columns: name, then service, node, scope name and scope version.
     fn dictionaries(&self) -> Result<[DictionaryArray<Int32Type>; 5], ArrowError> {
         let n = self.kinds.len();
@@ -369,7 +386,7 @@ impl Columns {
     /// that is not UTF-8.
     pub(super) fn finish(self) -> Result<RecordBatch, ArrowError> {
         let [names, services, nodes, scope_names, scope_versions] = self.dictionaries()?;
-        let (res_map, res_tags) = self.res_attrs.finish()?;
+        let resource = self.resource.finish()?;
         let (attr_map, attr_tags) = self.attrs.finish()?;
         let (ev_map, ev_tags) = self.ev_attrs.finish()?;
         let events_struct = StructArray::try_new(
@@ -428,8 +445,7 @@ impl Columns {
                 Arc::new(self.status_msgs.finish()?),
                 Arc::new(services),
                 Arc::new(nodes),
-                Arc::new(res_map),
-                Arc::new(res_tags),
+                Arc::new(resource),
                 Arc::new(attr_map),
                 Arc::new(attr_tags),
                 Arc::new(scope_names),
@@ -478,12 +494,9 @@ pub fn service_of(resource_attrs: &[KeyValue]) -> &str {
 pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError> {
     let n: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
     let mut c = Columns::new(n);
-    let mut resource = MapCol::new();
+    let mut encoded = Vec::new();
     for rs in &req.resource_spans {
         let rattrs = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes);
-        resource.clear();
-        resource.push(rattrs);
-        c.res_attrs.reserve_copies(rs.scope_spans.iter().map(|s| s.spans.len()).sum(), &resource);
         let (service, node) = (service_of(rattrs), node_of(rattrs));
         for ss in &rs.scope_spans {
             for s in &ss.spans {
@@ -496,7 +509,6 @@ pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError>
                     c.push_link(&l.trace_id, &l.span_id, l.trace_state.as_bytes(), l.dropped_attributes_count);
                 }
                 c.attrs.push(&s.attributes);
-                c.res_attrs.push_entries_of(&resource);
                 let (status_code, status_message) = s.status.as_ref().map_or((0, &b""[..]), |st| (st.code, st.message.as_bytes()));
                 c.push_span(&SpanRow {
                     trace_id: &s.trace_id,
@@ -517,6 +529,11 @@ pub fn build(req: &ExportTraceServiceRequest) -> Result<RecordBatch, ArrowError>
             let (name, version) = scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
             c.push_scope_rows(ss.spans.len(), service, node, name, version);
         }
+        encoded.clear();
+        if let Some(r) = &rs.resource {
+            r.encode(&mut encoded).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        }
+        c.push_resource_rows(rs.scope_spans.iter().map(|s| s.spans.len()).sum(), &encoded);
     }
     c.finish()
 }

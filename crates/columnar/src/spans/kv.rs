@@ -141,9 +141,8 @@ pub(super) fn set_text<'a>(slot: &mut &'a [u8], new: &'a [u8]) -> R<()> {
     Ok(())
 }
 
-/// Appends a kept attribute to `out`, truncating long values as validation does. Returns the
-/// stored string when the value is a string (for `service.name` and the node keys).
-pub(super) fn render_attr<'a>(kv: &Kv<'a>, max_len: usize, out: &mut MapCol, v: &mut Validated) -> R<Option<&'a [u8]>> {
+/// Appends a kept attribute to `out`, truncating long values as validation does.
+pub(super) fn render_attr(kv: &Kv<'_>, max_len: usize, out: &mut MapCol, v: &mut Validated) -> R<()> {
     match kv.val {
         Val::Scalar(r) => {
             let r = match r {
@@ -160,10 +159,7 @@ pub(super) fn render_attr<'a>(kv: &Kv<'a>, max_len: usize, out: &mut MapCol, v: 
             };
             let tag = value::render_ref(r, out.begin_entry(kv.key));
             out.end_entry(tag);
-            Ok(match r {
-                ValueRef::Str(s) => Some(s),
-                _ => None,
-            })
+            Ok(())
         }
         Val::Complex => {
             let mut any = AnyValue::default();
@@ -179,13 +175,14 @@ pub(super) fn render_attr<'a>(kv: &Kv<'a>, max_len: usize, out: &mut MapCol, v: 
             truncate_nested(&mut any, max_len, v);
             let tag = value::render(Some(&any), out.begin_entry(kv.key));
             out.end_entry(tag);
-            Ok(None)
+            Ok(())
         }
     }
 }
 
-/// `skein_otlp::validate`'s value truncation, for the arrays and kvlists decoded by prost.
-fn truncate_nested(value: &mut AnyValue, max: usize, v: &mut Validated) {
+/// `skein_otlp::validate`'s value truncation, for the values decoded by prost (arrays, kvlists
+/// and resource attributes).
+pub(super) fn truncate_nested(value: &mut AnyValue, max: usize, v: &mut Validated) {
     match value.value.as_mut() {
         Some(Value::StringValue(s)) if s.len() > max => {
             let at = cut(s, max).len();

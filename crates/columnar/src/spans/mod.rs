@@ -10,6 +10,21 @@
 //! `build::Columns`) rather than through per-value `ArrayBuilder` calls, and both finish through
 //! the same code, so they produce equal batches for the same request.
 //!
+//! **The `resource` column.** All the spans of one `ResourceSpans` share its resource, which
+//! typically carries 10 to 20 attributes; stored as a map per row it was about half of a span's
+//! memory in the head. So the resource is one `Dictionary<Int32, Binary>` column whose values
+//! are the canonical protobuf encoding (`prost::Message::encode_to_vec`) of the
+//! `opentelemetry.proto.resource.v1.Resource` *after* validation's limits: each distinct
+//! resource is stored once per batch (deduplicated by its bytes) and each row holds a key.
+//! A `ResourceSpans` without a resource gets the encoding of `Resource::default()`, the empty
+//! value, never a null. Both builders encode the same message, so the column is identical
+//! whichever built it: [`build()`] encodes the validated struct, [`build_from_protobuf`] decodes
+//! the resource with prost once per `ResourceSpans`, applies the limits and encodes it again.
+//! [`SpanView`] decodes each dictionary value at most once per view. `service_name` and `node`
+//! stay plain dictionary columns, since search filters on them. SQL cannot see into the
+//! resource bytes: access to resource attributes from SQL will need a `Map<Utf8, Utf8>` built
+//! from the dictionary at query time (once per distinct resource) or at flush time.
+//!
 //! Modules: `build` (the columns and the builder from structs), `wire` (the decoder from
 //! protobuf, with `kv` for attributes and `protobuf` for the wire format itself), `view`
 //! (reading batches back).
@@ -50,17 +65,16 @@ pub mod col {
     pub const STATUS_MESSAGE: usize = 11;
     pub const SERVICE_NAME: usize = 12;
     pub const NODE: usize = 13;
-    pub const RESOURCE_ATTRIBUTES: usize = 14;
-    pub const RESOURCE_ATTRIBUTE_TYPES: usize = 15;
-    pub const ATTRIBUTES: usize = 16;
-    pub const ATTRIBUTE_TYPES: usize = 17;
-    pub const SCOPE_NAME: usize = 18;
-    pub const SCOPE_VERSION: usize = 19;
-    pub const EVENTS: usize = 20;
-    pub const LINKS: usize = 21;
-    pub const DROPPED_ATTRIBUTES_COUNT: usize = 22;
-    pub const DROPPED_EVENTS_COUNT: usize = 23;
-    pub const DROPPED_LINKS_COUNT: usize = 24;
+    pub const RESOURCE: usize = 14;
+    pub const ATTRIBUTES: usize = 15;
+    pub const ATTRIBUTE_TYPES: usize = 16;
+    pub const SCOPE_NAME: usize = 17;
+    pub const SCOPE_VERSION: usize = 18;
+    pub const EVENTS: usize = 19;
+    pub const LINKS: usize = 20;
+    pub const DROPPED_ATTRIBUTES_COUNT: usize = 21;
+    pub const DROPPED_EVENTS_COUNT: usize = 22;
+    pub const DROPPED_LINKS_COUNT: usize = 23;
 }
 
 /// Service name used when a resource has no `service.name` (the OTel SDK convention).
@@ -74,6 +88,12 @@ fn ts() -> DataType {
 
 fn dict() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// `Dictionary<Int32, Binary>`: the `resource` column, one protobuf `Resource` per distinct
+/// resource of a batch.
+pub fn resource_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary))
 }
 
 fn map_entries() -> Arc<Field> {
@@ -129,8 +149,7 @@ pub fn schema() -> SchemaRef {
             Field::new("status_message", DataType::Utf8, true),
             Field::new("service_name", dict(), false),
             Field::new("node", dict(), false),
-            Field::new("resource_attributes", map_type(), false),
-            Field::new("resource_attribute_types", DataType::Binary, false),
+            Field::new("resource", resource_type(), false),
             Field::new("attributes", map_type(), false),
             Field::new("attribute_types", DataType::Binary, false),
             Field::new("scope_name", dict(), true),

@@ -105,6 +105,39 @@ fn builds_and_reads_back() {
 }
 
 #[test]
+fn a_resource_is_stored_once_per_batch_and_reads_back_typed() {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int32Type;
+    let attrs = vec![kv("service.name", s("cart")), kv("pid", Value::IntValue(42)), kv("debug", Value::BoolValue(true))];
+    let spans: Vec<Span> = (1..=50).map(|i| span(1, i)).collect();
+    let mut r = req(attrs.clone(), spans[..30].to_vec());
+    // The same resource again, then one without a resource: two distinct values in all.
+    r.resource_spans.push(req(attrs, spans[30..40].to_vec()).resource_spans.remove(0));
+    let mut bare = req(vec![], spans[40..].to_vec()).resource_spans.remove(0);
+    bare.resource = None;
+    r.resource_spans.push(bare);
+    let body = r.encode_to_vec();
+    for batch in [build(&r).unwrap(), ok(&body, &Limits::default()).batch] {
+        assert_eq!(batch.num_rows(), 50);
+        let dict = batch.column(col::RESOURCE).as_dictionary::<Int32Type>();
+        assert_eq!(dict.values().len(), 2, "one value per distinct resource");
+        assert_eq!(dict.null_count(), 0);
+        let values = dict.values().as_binary::<i32>();
+        assert_eq!(Resource::decode(values.value(0)).unwrap(), r.resource_spans[0].resource.clone().unwrap());
+        assert_eq!(values.value(1), b"");
+        let v = SpanView::new(&batch);
+        for row in [0, 29, 39] {
+            let rec = v.record(row);
+            assert_eq!(find_attr(&rec.resource, "pid"), Some(&TypedValue::Int(42)));
+            assert_eq!(find_attr(&rec.resource, "debug"), Some(&TypedValue::Bool(true)));
+            assert_eq!(v.resource_attribute(row, "pid"), Some("42"));
+        }
+        assert!(v.record(45).resource.is_empty());
+        assert_eq!((v.resource_attribute(45, "pid"), v.service.get(45)), (None, Some(UNKNOWN_SERVICE)));
+    }
+}
+
+#[test]
 fn empty_request_builds_empty_batch() {
     let b = build(&ExportTraceServiceRequest::default()).unwrap();
     assert_eq!(b.num_rows(), 0);

@@ -1,5 +1,9 @@
 //! Reading `spans` batches back: [`SpanView`] gives typed access to the columns of one batch
 //! and turns rows into owned [`SpanRecord`]s for the query layer.
+//!
+//! The `resource` column holds protobuf-encoded resources (see the `spans` module
+//! documentation); a view decodes each distinct resource at most once, when a row first needs
+//! it, so the rows of one resource share one decoding.
 
 use super::{UNKNOWN_NODE, UNKNOWN_SERVICE, col};
 use crate::record::{Attr, EventRecord, LinkRecord, SpanRecord};
@@ -9,7 +13,10 @@ use arrow::array::{
     StringArray, TimestampNanosecondArray, UInt32Array,
 };
 use arrow::datatypes::Int32Type;
+use prost::Message;
 use skein_core::{SpanId, TraceId};
+use skein_otlp::proto::resource::v1::Resource;
+use std::sync::OnceLock;
 
 /// A dictionary-encoded string column, read by row.
 pub struct DictStr<'a> {
@@ -39,6 +46,42 @@ impl<'a> DictStr<'a> {
     }
 }
 
+/// The `resource` column, read by row, each distinct resource decoded once.
+struct ResourceDict<'a> {
+    keys: &'a arrow::array::PrimitiveArray<Int32Type>,
+    values: &'a BinaryArray,
+    /// Per dictionary key: each attribute with its display string.
+    decoded: Vec<OnceLock<Vec<(Attr, String)>>>,
+}
+
+impl<'a> ResourceDict<'a> {
+    fn new(a: &'a ArrayRef) -> Self {
+        let d: &DictionaryArray<Int32Type> = a.as_dictionary();
+        let values = d.values().as_binary::<i32>();
+        Self { keys: d.keys(), values, decoded: (0..values.len()).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// The attributes of the resource at `row`, with their display strings.
+    fn get(&self, row: usize) -> &[(Attr, String)] {
+        let key = self.keys.value(row) as usize;
+        let Some(cell) = self.decoded.get(key) else { return &[] };
+        cell.get_or_init(|| {
+            // The bytes were encoded by `build`; a value that does not decode is a bug, and
+            // reads as a resource without attributes rather than a panic.
+            let res = Resource::decode(self.values.value(key)).unwrap_or_default();
+            res.attributes
+                .into_iter()
+                .map(|kv| {
+                    let mut text = Vec::new();
+                    let tag = value::render(kv.value.as_ref(), &mut text);
+                    let text = String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    (Attr { key: kv.key, value: value::parse(tag, &text) }, text)
+                })
+                .collect()
+        })
+    }
+}
+
 /// Typed access to the columns of one `spans` batch.
 pub struct SpanView<'a> {
     /// The batch being read.
@@ -60,8 +103,7 @@ pub struct SpanView<'a> {
     pub service: DictStr<'a>,
     /// Node names.
     pub node: DictStr<'a>,
-    res_attrs: &'a MapArray,
-    res_types: &'a BinaryArray,
+    resource: ResourceDict<'a>,
     attrs: &'a MapArray,
     attr_types: &'a BinaryArray,
     scope_name: DictStr<'a>,
@@ -108,8 +150,7 @@ impl<'a> SpanView<'a> {
             status_msg: c(col::STATUS_MESSAGE).as_string::<i32>(),
             service: DictStr::new(c(col::SERVICE_NAME)),
             node: DictStr::new(c(col::NODE)),
-            res_attrs: c(col::RESOURCE_ATTRIBUTES).as_map(),
-            res_types: c(col::RESOURCE_ATTRIBUTE_TYPES).as_binary::<i32>(),
+            resource: ResourceDict::new(c(col::RESOURCE)),
             attrs: c(col::ATTRIBUTES).as_map(),
             attr_types: c(col::ATTRIBUTE_TYPES).as_binary::<i32>(),
             scope_name: DictStr::new(c(col::SCOPE_NAME)),
@@ -179,9 +220,10 @@ impl<'a> SpanView<'a> {
         map_lookup(self.attrs, row, key)
     }
 
-    /// The display string of resource attribute `key` at `row`, if present.
-    pub fn resource_attribute(&self, row: usize, key: &str) -> Option<&'a str> {
-        map_lookup(self.res_attrs, row, key)
+    /// The display string of resource attribute `key` at `row`, if present. The resource is
+    /// decoded at the first call for a row of it; later calls for its rows only compare keys.
+    pub fn resource_attribute(&self, row: usize, key: &str) -> Option<&str> {
+        self.resource.get(row).iter().find(|(a, _)| a.key == key).map(|(_, text)| text.as_str())
     }
 
     /// The whole span at `row` as an owned record.
@@ -235,7 +277,7 @@ impl<'a> SpanView<'a> {
             status_message: opt_str(self.status_msg),
             service: self.service.get(row).unwrap_or(UNKNOWN_SERVICE).to_string(),
             node: self.node.get(row).unwrap_or(UNKNOWN_NODE).to_string(),
-            resource: read_map(self.res_attrs, self.res_types, row),
+            resource: self.resource.get(row).iter().map(|(a, _)| a.clone()).collect(),
             attributes: read_map(self.attrs, self.attr_types, row),
             scope_name: self.scope_name.get(row).map(str::to_string),
             scope_version: self.scope_version.get(row).map(str::to_string),

@@ -17,8 +17,14 @@
 //!   that appears twice (`resource`, `scope`, `status`, an attribute's `value`) is merged, which
 //!   is the same as decoding its occurrences one after the other into one state. A
 //!   `ResourceSpans` may carry its `resource` after its `scope_spans`: the columns that depend
-//!   on the resource (service, node, resource attributes) are filled when the `ResourceSpans`
-//!   ends, for all its kept spans.
+//!   on the resource (service, node, resource) are filled when the `ResourceSpans` ends, for
+//!   all its kept spans.
+//! - **The resource** is checked here like every other message (so an error names its field),
+//!   and also merged into a prost `Resource`, once per `ResourceSpans`: when it ends, the
+//!   resource gets validation's limits ([`limit_resource`]), `service_name` and `node` are read
+//!   from it by the functions [`super::build()`] uses, and it is encoded for the `resource`
+//!   column. One decode and one encode per resource, not per span, and the same bytes as
+//!   [`super::build()`] encodes.
 //! - **One pass per span.** Whether a span (or link) is kept decides whether its attributes,
 //!   events and links are stored and counted against the limits, and the ids and times that
 //!   decide it normally come first (SDKs write fields in order). So the verdict is taken at the
@@ -43,14 +49,14 @@
 //! If prost refuses an array or kvlist value that passed the checks here (which would be a
 //! bug), the whole request falls back to prost, validation and [`super::build()`].
 
-use super::build::{Columns, MapCol, NODE_KEYS, SERVICE_KEY, SpanRow};
-use super::kv::{key_value, render_attr, set_text, utf8};
+use super::build::{Columns, SpanRow, node_of, service_of};
+use super::kv::{key_value, render_attr, set_text, truncate_nested, utf8};
 use super::protobuf::{At, Cur, R, RECURSION_LIMIT, Stop, WireReason, render_path};
-use super::{UNKNOWN_NODE, UNKNOWN_SERVICE};
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
 use prost::Message;
 use skein_core::{ErrorCode, SpanId, TraceId};
+use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::{ExportTraceServiceRequest, Limits, Validated};
 
 /// What [`build_from_protobuf`] made of a request.
@@ -140,7 +146,8 @@ fn decode(body: &[u8], limits: &Limits, strict: bool, speculate: bool) -> R<Wire
         cols: Columns::new(body.len() / 256),
         v: Validated::default(),
         links_dropped: false,
-        resource: MapCol::new(),
+        resource: Resource::default(),
+        encoded: Vec::new(),
         scopes: Vec::new(),
     };
     d.request(Cur::new(body))?;
@@ -248,8 +255,10 @@ struct Decoder<'a> {
     cols: Columns,
     v: Validated,
     links_dropped: bool,
-    /// The current resource's attributes, rendered once and copied to each of its spans.
-    resource: MapCol,
+    /// The current resource, merged from its occurrences.
+    resource: Resource,
+    /// The current resource's encoding, for the `resource` column.
+    encoded: Vec<u8>,
     /// The scopes of the current resource: spans kept, name and version.
     scopes: Vec<(usize, &'a str, &'a str)>,
 }
@@ -271,19 +280,19 @@ impl<'a> Decoder<'a> {
     }
 
     /// One pass: the resource may come after the spans it applies to, so the columns that
-    /// depend on it (service, node, resource attributes) are filled at the end, for all the
-    /// spans kept.
+    /// depend on it (service, node, resource) are filled at the end, for all the spans kept.
     fn resource_spans(&mut self, mut c: Cur<'a>, ctx: u32, ri: usize) -> R<()> {
         self.resource.clear();
         self.scopes.clear();
-        let mut res = ResourceState::default();
+        // Attributes seen so far, over every occurrence of `resource`.
+        let mut res_attrs = 0;
         let mut si = 0;
         while c.more() {
             let k = c.key()?;
             match k.tag() {
                 1 => {
                     let (m, ctx) = c.read_msg(k, ctx).at("resource")?;
-                    self.resource(m, ctx, &mut res).at("resource")?;
+                    self.resource(m, ctx, &mut res_attrs).at("resource")?;
                 }
                 2 => {
                     let (m, ctx) = c.read_msg(k, ctx).at_i("scope_spans", si)?;
@@ -296,38 +305,33 @@ impl<'a> Decoder<'a> {
                 _ => c.skip(k, ctx)?,
             }
         }
-        let service = res.found[0].flatten().unwrap_or(UNKNOWN_SERVICE);
-        let node = res.found[1..].iter().find_map(|v| v.flatten()).unwrap_or(UNKNOWN_NODE);
+        limit_resource(&mut self.resource, self.max_attrs, self.max_len, &mut self.v);
+        let (service, node) = (service_of(&self.resource.attributes), node_of(&self.resource.attributes));
         let mut kept = 0;
         for &(rows, name, version) in &self.scopes {
             self.cols.push_scope_rows(rows, service, node, name, version);
             kept += rows;
         }
-        self.cols.res_attrs.reserve_copies(kept, &self.resource);
-        for _ in 0..kept {
-            self.cols.res_attrs.push_entries_of(&self.resource);
+        if kept > 0 {
+            self.encoded.clear();
+            self.resource.encode(&mut self.encoded).map_err(|_| Box::new(Stop::Fallback))?;
+            self.cols.push_resource_rows(kept, &self.encoded);
         }
         Ok(())
     }
 
-    fn resource(&mut self, mut c: Cur<'a>, ctx: u32, res: &mut ResourceState<'a>) -> R<()> {
+    /// Checks one occurrence of the resource and merges it into [`Self::resource`].
+    fn resource(&mut self, mut c: Cur<'a>, ctx: u32, attrs: &mut usize) -> R<()> {
+        let whole = c.rest();
         while c.more() {
             let k = c.key()?;
             match k.tag() {
                 1 => {
-                    let i = res.attrs;
-                    res.attrs += 1;
-                    // Checked now: a resource is rendered once, and stored only if a span is kept.
+                    let i = *attrs;
+                    *attrs += 1;
+                    // Checked now: the resource is decoded again by prost.
                     let (m, ctx) = c.read_msg(k, ctx).at_i("attributes", i)?;
-                    let kv = key_value(m, ctx, false).at_i("attributes", i)?;
-                    if i >= self.max_attrs {
-                        self.v.attributes_dropped += 1;
-                        continue;
-                    }
-                    let s = render_attr(&kv, self.max_len, &mut self.resource, &mut self.v)?;
-                    if let Some(slot) = ResourceState::NAMED.iter().position(|n| n.as_bytes() == kv.key) {
-                        res.found[slot].get_or_insert(s.filter(|s| !s.is_empty()).and_then(|s| std::str::from_utf8(s).ok()));
-                    }
+                    key_value(m, ctx, false).at_i("attributes", i)?;
                 }
                 2 => {
                     c.read_varint(k).at("dropped_attributes_count")?;
@@ -339,6 +343,9 @@ impl<'a> Decoder<'a> {
                 _ => c.skip(k, ctx)?,
             }
         }
+        // Merging occurrences one after the other is what prost does with a repeated message
+        // field. Prost refusing what passed the checks above would be a bug: let prost decide.
+        self.resource.merge(whole).map_err(|_| Box::new(Stop::Fallback))?;
         Ok(())
     }
 
@@ -585,18 +592,18 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// What the resource says about the service and node, from its kept attributes.
-#[derive(Default)]
-struct ResourceState<'a> {
-    /// Attributes seen so far, over every occurrence of `resource`.
-    attrs: usize,
-    /// For each of [`Self::NAMED`]: `None` until the key is seen; then its string value if it
-    /// is a non-empty string. As in `first_str`, only the first attribute with a key counts.
-    found: [Option<Option<&'a str>>; 4],
-}
-
-impl ResourceState<'_> {
-    const NAMED: [&'static str; 4] = [SERVICE_KEY, NODE_KEYS[0], NODE_KEYS[1], NODE_KEYS[2]];
+/// `skein_otlp::validate`'s limits on a resource: attributes past the limit dropped and
+/// counted in its `dropped_attributes_count`, long values truncated.
+fn limit_resource(res: &mut Resource, max_attrs: usize, max_len: usize, v: &mut Validated) {
+    if res.attributes.len() > max_attrs {
+        let n = res.attributes.len() - max_attrs;
+        res.attributes.truncate(max_attrs);
+        res.dropped_attributes_count = res.dropped_attributes_count.saturating_add(n as u32);
+        v.attributes_dropped += n as u64;
+    }
+    for value in res.attributes.iter_mut().filter_map(|kv| kv.value.as_mut()) {
+        truncate_nested(value, max_len, v);
+    }
 }
 
 fn scope<'a>(mut c: Cur<'a>, ctx: u32, name: &mut &'a str, version: &mut &'a str) -> R<()> {
