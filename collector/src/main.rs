@@ -17,10 +17,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// mimalloc instead of glibc's malloc: decoding OTLP allocates a string or vector per attribute,
-/// and glibc's allocator took about a quarter of the ingest CPU in profiles.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Skein trace collector: OTLP in, durable WAL, Arrow head, trace queries and the Jaeger API out.
 #[derive(Parser, Debug)]
