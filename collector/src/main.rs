@@ -17,7 +17,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-
 /// Skein trace collector: OTLP in, durable WAL, Arrow head, trace queries and the Jaeger API out.
 #[derive(Parser, Debug)]
 #[command(name = "skein-collector", version)]

@@ -15,32 +15,21 @@ pub enum Error {
     #[error("{0}")]
     Wire(#[from] skein_columnar::spans::WireError),
     /// The head is at its memory limit.
-    #[error("head is full: {used} bytes in memory, limit {limit}; retry after the backlog drains")]
+    #[error(
+        "head is full: {used} bytes in memory, limit {limit} (head.memory_limit); this version does not flush the head to blocks yet, so it stays full until the collector restarts with a larger limit"
+    )]
     HeadFull {
         /// Bytes in use.
         used: u64,
         /// Configured limit.
         limit: u64,
     },
-    /// The store is still replaying its WAL or is shutting down.
-    #[error("store is not ready: {0}")]
-    NotReady(&'static str),
     /// The write-ahead log failed; nothing was acknowledged.
     #[error("write-ahead log: {0}")]
     Wal(#[from] skein_wal::Error),
     /// Building the Arrow batch failed (a bug: validated input always builds).
     #[error("building the span batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
-    /// A WAL record could not be decoded during replay.
-    #[error("WAL record at segment {segment} offset {offset} does not decode: {message}")]
-    Replay {
-        /// Segment id.
-        segment: u64,
-        /// Byte offset in the segment.
-        offset: u64,
-        /// Decoder message.
-        message: String,
-    },
 }
 
 impl Error {
@@ -50,8 +39,9 @@ impl Error {
             Self::Invalid(_) | Self::Malformed(_) => ErrorCode::BadRequest,
             Self::Wire(e) => e.code(),
             Self::HeadFull { .. } => ErrorCode::ResourceExhausted,
-            Self::NotReady(_) => ErrorCode::Unavailable,
-            Self::Wal(_) | Self::Arrow(_) | Self::Replay { .. } => ErrorCode::Internal,
+            // A failed write or fsync is retryable (Unavailable): nothing was acknowledged.
+            Self::Wal(e) => e.code(),
+            Self::Arrow(_) => ErrorCode::Internal,
         }
     }
 }
