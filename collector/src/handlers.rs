@@ -94,7 +94,7 @@ impl QueryService for Collector {
         let head = self.ready_store()?.head();
         let ids = skein_query::search::matching_traces(&head.snapshot(), q);
         let mut out: Vec<_> = ids.into_iter().map(|id| skein_query::summary::summarize(id, &head.trace(&id))).collect();
-        out.sort_by(|a, b| b.start_time_unix_nano.cmp(&a.start_time_unix_nano));
+        out.sort_by_key(|s| std::cmp::Reverse(s.start_time_unix_nano));
         out.iter().map(to_json).collect()
     }
 

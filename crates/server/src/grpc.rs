@@ -129,8 +129,8 @@ where
         let max = self.max_message;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawCodec)
+                // Responses are a few bytes: compressing them would only cost CPU.
                 .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max);
             Ok(grpc.unary(export, req).await)
         })

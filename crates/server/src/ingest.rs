@@ -74,10 +74,9 @@ async fn export_http(State(st): State<HttpState>, headers: HeaderMap, body: Body
 
 async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than the limit of {} bytes", st.max_body));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > st.max_body as u64 {
-            return Err(too_large());
-        }
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > st.max_body as u64) {
+        return Err(too_large());
     }
     let raw: Bytes = match Limited::new(body, st.max_body).collect().await {
         Ok(c) => c.to_bytes(),
@@ -98,8 +97,8 @@ async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encod
 }
 
 pub(crate) fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
+    let partial = o.rejected > 0 || !o.message.is_empty();
     ExportTraceServiceResponse {
-        partial_success: (o.rejected > 0 || !o.message.is_empty())
-            .then(|| ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
+        partial_success: partial.then_some(ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
     }
 }

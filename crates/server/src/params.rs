@@ -98,10 +98,10 @@ fn native_duration(key: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 fn check_durations(min: Option<i64>, max: Option<i64>, names: (&str, &str)) -> Result<(), ApiError> {
-    if let (Some(lo), Some(hi)) = (min, max) {
-        if hi < lo {
-            return Err(ApiError::bad_request(format!("{} must not be smaller than {}", names.1, names.0)));
-        }
+    if let (Some(lo), Some(hi)) = (min, max)
+        && hi < lo
+    {
+        return Err(ApiError::bad_request(format!("{} must not be smaller than {}", names.1, names.0)));
     }
     Ok(())
 }

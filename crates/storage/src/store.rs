@@ -111,11 +111,9 @@ impl Store {
             return self.nothing_accepted(&out.validated);
         }
         self.check_memory()?;
-        let mut payload = Vec::with_capacity(body.len() + 1);
-        payload.push(RECORD_TRACES);
-        payload.extend_from_slice(&body);
         self.metrics.build_seconds.observe(t.elapsed());
-        self.commit(payload, out.batch, &out.validated).await
+        self.wal.append_prefixed(RECORD_TRACES, body).await?;
+        self.insert(out.batch, &out.validated)
     }
 
     fn count_validation(&self, v: &Validated) {
@@ -148,6 +146,11 @@ impl Store {
     /// Appends to the WAL, waits for durability, then makes the spans queryable.
     async fn commit(&self, payload: Vec<u8>, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
         self.wal.append(payload).await?;
+        self.insert(batch, v)
+    }
+
+    /// Makes durable spans queryable.
+    fn insert(&self, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
         self.head.insert(batch)?;
         self.metrics.spans_accepted.add(v.accepted as u64);
         Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })

@@ -241,6 +241,22 @@ impl Wal {
     /// [`Wal::close`].
     pub async fn append(&self, payload: Vec<u8>) -> Result<Lsn> {
         check_payload_len(payload.len())?;
+        self.submit(writer::Payload::Owned(payload)).await
+    }
+
+    /// Appends one record whose payload is `prefix` followed by `body`, as [`Wal::append`]
+    /// does with the two concatenated, but without copying `body` into a new buffer first (a
+    /// request body received from the network goes to the log as it is, behind a one-byte
+    /// record kind).
+    ///
+    /// # Errors
+    /// As [`Wal::append`].
+    pub async fn append_prefixed(&self, prefix: u8, body: bytes::Bytes) -> Result<Lsn> {
+        check_payload_len(body.len() + 1)?;
+        self.submit(writer::Payload::Prefixed(prefix, body)).await
+    }
+
+    async fn submit(&self, payload: writer::Payload) -> Result<Lsn> {
         let shared = &self.inner.shared;
         if shared.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned);

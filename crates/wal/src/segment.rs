@@ -48,10 +48,20 @@ pub(crate) fn frame_len(payload_len: usize) -> u64 {
 /// Appends the frame of `payload` to `buf`. The caller has checked the length
 /// (non-empty, at most [`MAX_RECORD_LEN`]), so it fits a u32.
 pub(crate) fn encode_frame(buf: &mut Vec<u8>, payload: &[u8]) {
-    debug_assert!(!payload.is_empty() && payload.len() <= MAX_RECORD_LEN);
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    buf.extend_from_slice(payload);
+    encode_frame_parts(buf, &[payload]);
+}
+
+/// Appends one frame whose payload is the concatenation of `parts`, without first copying
+/// them into one buffer.
+pub(crate) fn encode_frame_parts(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    debug_assert!(len > 0 && len <= MAX_RECORD_LEN);
+    let mut crc = crc32fast::Hasher::new();
+    parts.iter().for_each(|p| crc.update(p));
+    buf.reserve(8 + len);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    parts.iter().for_each(|p| buf.extend_from_slice(p));
 }
 
 /// Fsyncs a directory so that a create, rename or unlink in it survives a crash.

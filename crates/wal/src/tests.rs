@@ -505,3 +505,19 @@ proptest! {
         prop_assert_eq!(seen, expected);
     }
 }
+
+#[test]
+fn prefixed_appends_replay_as_one_payload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let (wal, _, _) = open(dir.path(), options(1 << 20));
+    let lsn = rt.block_on(wal.append_prefixed(7, bytes::Bytes::from_static(b"body bytes"))).expect("append");
+    let plain = rt.block_on(wal.append(b"\x07body bytes".to_vec())).expect("append");
+    rt.block_on(wal.append_prefixed(7, bytes::Bytes::new())).expect("a prefix alone is a one-byte record");
+    drop(wal);
+    let (_wal, report, seen) = open(dir.path(), options(1 << 20));
+    assert!(report.corruptions.is_empty(), "{:?}", report.corruptions);
+    assert_eq!(seen[0], (lsn, b"\x07body bytes".to_vec()));
+    assert_eq!(seen[1], (plain, b"\x07body bytes".to_vec()));
+    assert_eq!(seen[2].1, b"\x07".to_vec());
+}

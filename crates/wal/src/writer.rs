@@ -26,9 +26,17 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// What `append` and `close` send to the writer.
+/// A record's bytes as the caller handed them over.
+pub(crate) enum Payload {
+    /// One buffer.
+    Owned(Vec<u8>),
+    /// A one-byte prefix (a record kind) followed by a shared buffer, framed as one payload.
+    Prefixed(u8, bytes::Bytes),
+}
+
 pub(crate) enum Msg {
     /// A record to append and who to answer.
-    Append { payload: Vec<u8>, done: oneshot::Sender<Result<Lsn>> },
+    Append { payload: Payload, done: oneshot::Sender<Result<Lsn>> },
     /// Nothing to do: makes the writer look at the closing flag.
     Wake,
 }
@@ -165,7 +173,10 @@ impl Shared {
             return;
         }
         batch.waiters.push((batch.buf.len(), done));
-        segment::encode_frame(&mut batch.buf, &payload);
+        match &payload {
+            Payload::Owned(p) => segment::encode_frame(&mut batch.buf, p),
+            Payload::Prefixed(prefix, body) => segment::encode_frame_parts(&mut batch.buf, &[&[*prefix], body]),
+        }
     }
 
     /// Writes `buf` at the end of the active segment and syncs it per the policy.
