@@ -111,6 +111,10 @@ impl QueryService for Collector {
         Ok((!spans.is_empty()).then(|| skein_query::jaeger::to_jaeger(id, &spans)))
     }
 
+    fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
+        Ok(skein_query::dependencies::dependencies(&self.ready_store()?.head().snapshot(), start_ns, end_ns))
+    }
+
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let head = self.ready_store()?.head();
         let ids = skein_query::search::matching_traces(&head.snapshot(), q);

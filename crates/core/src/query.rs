@@ -61,3 +61,17 @@ pub fn span_kind_from_name(name: &str) -> Option<i8> {
         _ => return None,
     })
 }
+
+/// One edge of the service dependency graph: calls from spans of `parent` to child spans of
+/// `child` (a different service), over a time window.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dependency {
+    /// Calling service.
+    pub parent: String,
+    /// Called service.
+    pub child: String,
+    /// Child spans whose parent span belongs to `parent`.
+    pub call_count: u64,
+    /// Of those, child spans with status error.
+    pub error_count: u64,
+}

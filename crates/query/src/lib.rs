@@ -5,6 +5,7 @@
 //! [`jaeger`] the Jaeger query API's JSON shapes.
 
 pub mod assemble;
+pub mod dependencies;
 pub mod jaeger;
 pub mod search;
 pub mod summary;

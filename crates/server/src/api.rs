@@ -41,6 +41,7 @@ pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) 
         .route("/api/v1/traces", get(search))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
+        .route("/api/v1/dependencies", get(dependencies))
         .with_state(QState { query, metrics })
 }
 
@@ -83,4 +84,32 @@ async fn operations(State(st): State<QState>, Path(service): Path<String>) -> Re
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Default window of the dependency graph, as Jaeger's: the last 24 hours.
+pub(crate) const DEPENDENCY_LOOKBACK_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// `GET /api/v1/dependencies?start=&end=` (Unix ns; default the last 24 hours).
+async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(raw.as_deref());
+    let int = |k: &str| {
+        p.get(k)
+            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("parameter {k}={v:?} is not an integer (Unix ns)"))))
+            .transpose()
+    };
+    let end = int("end")?.unwrap_or_else(now_ns);
+    let start = int("start")?.unwrap_or(end - DEPENDENCY_LOOKBACK_NS);
+    if end < start {
+        return Err(ApiError::bad_request("parameter end must not be before start"));
+    }
+    let deps = blocking(&st, "dependencies", move |q| q.dependencies(start, end)).await?;
+    let deps: Vec<Value> = deps
+        .into_iter()
+        .map(|d| json!({"parent": d.parent, "child": d.child, "call_count": d.call_count, "error_count": d.error_count}))
+        .collect();
+    Ok(Json(json!({ "dependencies": deps })))
 }

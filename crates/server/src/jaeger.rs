@@ -38,10 +38,6 @@ fn jaeger_error(e: &ApiError) -> Response {
     (e.status(), Json(body)).into_response()
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
 async fn services(State(st): State<QState>) -> Response {
     match blocking(&st, "jaeger", |q| q.services()).await {
         Ok(s) => Json(envelope(json!(s), vec![])).into_response(),
@@ -131,7 +127,7 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
             Err(e) => jaeger_error(&e),
         };
     }
-    let q = match params::jaeger_search(&p, now_ns()) {
+    let q = match params::jaeger_search(&p, crate::api::now_ns()) {
         Ok(q) => q,
         Err(e) => return jaeger_error(&e),
     };
@@ -141,8 +137,31 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
     }
 }
 
-async fn dependencies() -> Response {
-    // Not built yet: say so plainly rather than answer an empty graph that looks like "no calls".
-    let body = json!({"data": null, "total": 0, "limit": 0, "offset": 0, "errors": [{"code": 501, "msg": "the service dependency graph is not implemented yet in this version of Skein"}]});
-    (StatusCode::NOT_IMPLEMENTED, Json(body)).into_response()
+/// `GET /api/dependencies?endTs=<ms>&lookback=<ms>`: Jaeger's dependency links (default the
+/// 24 hours before now).
+async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
+    let p = Params::parse(raw.as_deref());
+    let ms = |k: &str| {
+        p.get(k)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad_request(format!("unable to parse param '{k}': {v:?} is not an integer (Unix ms)")))
+            })
+            .transpose()
+    };
+    let (end, lookback) = match (ms("endTs"), ms("lookback")) {
+        (Ok(e), Ok(l)) => (
+            e.map(|ms| ms.saturating_mul(1_000_000)).unwrap_or_else(crate::api::now_ns),
+            l.map(|ms| ms.saturating_mul(1_000_000)).unwrap_or(crate::api::DEPENDENCY_LOOKBACK_NS),
+        ),
+        (Err(e), _) | (_, Err(e)) => return jaeger_error(&e),
+    };
+    match blocking(&st, "jaeger", move |q| q.dependencies(end - lookback, end)).await {
+        Ok(deps) => {
+            let data: Vec<Value> =
+                deps.into_iter().map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.call_count})).collect();
+            Json(envelope(Value::Array(data), vec![])).into_response()
+        }
+        Err(e) => jaeger_error(&e),
+    }
 }

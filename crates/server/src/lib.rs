@@ -22,7 +22,7 @@ pub use params::parse_go_duration;
 
 use serde_json::Value;
 use skein_core::TraceId;
-use skein_core::query::{SearchParams, TraceOptions};
+use skein_core::query::{Dependency, SearchParams, TraceOptions};
 use skein_otlp::ExportTraceServiceRequest;
 use std::future::Future;
 use std::pin::Pin;
@@ -91,6 +91,11 @@ pub trait QueryService: Send + Sync + 'static {
     /// # Errors
     /// Engine failures.
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError>;
+    /// Service dependency edges among spans that start within `[start_ns, end_ns]`.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<Dependency>, ApiError>;
 }
 
 /// Liveness, readiness and self-metrics.

@@ -57,6 +57,14 @@ impl QueryService for FakeQuery {
     fn jaeger_search(&self, _: &SearchParams) -> Result<Vec<Value>, ApiError> {
         Ok(vec![])
     }
+    fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
+        Ok(vec![skein_core::query::Dependency {
+            parent: "web".into(),
+            child: "api".into(),
+            call_count: (end_ns - start_ns) as u64,
+            error_count: 1,
+        }])
+    }
 }
 
 struct FakeOps;
@@ -179,4 +187,25 @@ async fn ops_endpoints() {
     assert_eq!(s, StatusCode::OK);
     let (_, _, b) = send(query(), Request::get("/metrics").body(Body::empty()).unwrap()).await;
     assert!(String::from_utf8_lossy(&b).contains("fake_metric 1"));
+}
+
+#[tokio::test]
+async fn dependencies_in_both_apis() {
+    let (s, _, b) = send(query(), Request::get("/api/v1/dependencies?start=100&end=160").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["dependencies"],
+        serde_json::json!([{"parent": "web", "child": "api", "call_count": 60, "error_count": 1}])
+    );
+    // Jaeger: endTs and lookback in ms
+    let (s, _, b) = send(query(), Request::get("/api/dependencies?endTs=2000&lookback=1000").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap()["data"],
+        serde_json::json!([{"parent": "web", "child": "api", "callCount": 1_000_000_000}])
+    );
+    let (s, _, _) = send(query(), Request::get("/api/dependencies?endTs=soon").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, _) = send(query(), Request::get("/api/v1/dependencies?start=5&end=1").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }

@@ -448,3 +448,39 @@ async fn attribute_limits_trim_and_are_counted() {
     assert!(metric(&text, &["attribute", "dropped"]).is_some_and(|v| v >= 2.0), "dropped attributes are counted: {text}");
     assert!(metric(&text, &["attribute", "truncated"]).is_some_and(|v| v >= 1.0), "truncated values are counted: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_graph_counts_calls_between_services() {
+    let c = Collector::start().await.expect("collector starts");
+    // Two traces of frontend → api (fan-out 2 and 3) → db: 5 api calls, 2 db calls.
+    for fanout in [2, 3] {
+        let (req, _) = otlp::sample_trace("deps", fanout);
+        c.export_http(&req).await.expect("export");
+    }
+    let (status, native) = c.get_json("/api/v1/dependencies").await.expect("native dependencies");
+    assert_eq!(status, 200, "{native}");
+    let edges: BTreeSet<(String, String, u64)> = native["dependencies"]
+        .as_array()
+        .expect("dependencies array")
+        .iter()
+        .map(|e| {
+            (
+                e["parent"].as_str().unwrap_or("").to_string(),
+                e["child"].as_str().unwrap_or("").to_string(),
+                e["call_count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String, u64)> =
+        [("deps-api", "deps-db", 2), ("deps-frontend", "deps-api", 5)].into_iter().map(|(p, c, n)| (p.into(), c.into(), n)).collect();
+    assert_eq!(edges, want, "{native}");
+
+    let (status, jaeger) = c.get_json("/api/dependencies?lookback=3600000").await.expect("jaeger dependencies");
+    assert_eq!(status, 200, "{jaeger}");
+    let data = jaeger["data"].as_array().expect("data array");
+    assert_eq!(data.len(), 2, "{jaeger}");
+    assert!(data.iter().any(|e| e["parent"] == "deps-frontend" && e["child"] == "deps-api" && e["callCount"] == 5), "{jaeger}");
+    // A window that ends before the spans started finds nothing.
+    let (_, empty) = c.get_json("/api/dependencies?endTs=1000&lookback=1000").await.expect("jaeger dependencies");
+    assert_eq!(empty["data"], json!([]), "{empty}");
+}

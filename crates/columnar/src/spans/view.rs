@@ -215,6 +215,11 @@ impl<'a> SpanView<'a> {
         self.parent.is_valid(row)
     }
 
+    /// Parent span id bytes at `row`, `None` for a root span.
+    pub fn parent_span_id(&self, row: usize) -> Option<[u8; 8]> {
+        self.parent.is_valid(row).then(|| self.parent.value(row).try_into().unwrap_or([0; 8]))
+    }
+
     /// The display string of span attribute `key` at `row`, if present.
     pub fn attribute(&self, row: usize, key: &str) -> Option<&'a str> {
         map_lookup(self.attrs, row, key)
