@@ -50,34 +50,6 @@ pub fn to_jaeger(trace_id: TraceId, spans: &[SpanRecord]) -> Json {
     })
 }
 
-/// Jaeger's response envelope: `{"data", "total", "limit", "offset", "errors"}`. `total` is the
-/// length of `data` when it is an array, else 0; `errors` is `null` when empty.
-pub fn jaeger_envelope(data: Json, errors: Vec<Json>) -> Json {
-    let total = data.as_array().map_or(0, Vec::len);
-    json!({
-        "data": data,
-        "total": total,
-        "limit": 0,
-        "offset": 0,
-        "errors": if errors.is_empty() { Json::Null } else { Json::Array(errors) },
-    })
-}
-
-/// One entry of the envelope's `errors`: `{"code", "msg", "traceID"}`, where `code` is left
-/// out when 0 and `traceID` when `None`, as Jaeger does (a trace missing from a multi-id
-/// search carries its id and no code).
-pub fn jaeger_error(code: u16, msg: impl Into<String>, trace_id: Option<TraceId>) -> Json {
-    let mut e = Map::new();
-    if code != 0 {
-        e.insert("code".into(), json!(code));
-    }
-    e.insert("msg".into(), Json::String(msg.into()));
-    if let Some(t) = trace_id {
-        e.insert("traceID".into(), Json::String(t.to_hex()));
-    }
-    Json::Object(e)
-}
-
 fn span(s: &SpanRecord, process_id: String) -> Json {
     let trace_id = s.trace_id.to_hex();
     let mut references = Vec::with_capacity(s.links.len() + 1);
@@ -106,8 +78,9 @@ fn span(s: &SpanRecord, process_id: String) -> Json {
     let mut o = Map::new();
     o.insert("traceID".into(), Json::String(trace_id));
     o.insert("spanID".into(), Json::String(s.span_id.to_hex()));
-    // Jaeger's flags are the sampled (1) and debug (2) bits: the low byte of the W3C flags.
-    let flags = s.flags & 0xff;
+    // Jaeger's flags: 1 sampled, 2 debug, 4 firehose. Only the W3C sampled bit (0x01) means
+    // the same thing; W3C's 0x02 is the "random trace id" bit, not debug.
+    let flags = s.flags & 0x01;
     if flags != 0 {
         o.insert("flags".into(), json!(flags));
     }
@@ -302,18 +275,5 @@ mod tests {
         assert_eq!(child["startTime"], json!((T0 + 10 * MS) / 1_000));
         assert_eq!(child["duration"], json!(80_000));
         assert_eq!(child["logs"], json!([]));
-    }
-
-    #[test]
-    fn envelope_and_errors() {
-        let env = jaeger_envelope(json!(["a", "b"]), Vec::new());
-        assert_eq!(env, json!({"data": ["a", "b"], "total": 2, "limit": 0, "offset": 0, "errors": null}));
-        let env = jaeger_envelope(Json::Null, vec![jaeger_error(404, "trace not found", Some(trace_id()))]);
-        assert_eq!(
-            env,
-            json!({"data": null, "total": 0, "limit": 0, "offset": 0,
-                   "errors": [{"code": 404, "msg": "trace not found", "traceID": "ab".repeat(16)}]})
-        );
-        assert_eq!(jaeger_error(0, "not found", None), json!({"msg": "not found"}));
     }
 }

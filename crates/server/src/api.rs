@@ -75,7 +75,7 @@ async fn services(State(st): State<QState>) -> Result<Json<Value>, ApiError> {
 }
 
 async fn operations(State(st): State<QState>, Path(service): Path<String>) -> Response {
-    let r = blocking(&st, "services", move |q| q.operations(&service)).await;
+    let r = blocking(&st, "operations", move |q| q.operations(&service)).await;
     match r {
         Ok(ops) => {
             let ops: Vec<Value> =
@@ -102,7 +102,7 @@ async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Resu
             .transpose()
     };
     let end = int("end")?.unwrap_or_else(now_ns);
-    let start = int("start")?.unwrap_or(end - DEPENDENCY_LOOKBACK_NS);
+    let start = int("start")?.unwrap_or(end.saturating_sub(DEPENDENCY_LOOKBACK_NS));
     if end < start {
         return Err(ApiError::bad_request("parameter end must not be before start"));
     }

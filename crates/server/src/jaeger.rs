@@ -116,7 +116,7 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
             for id in parsed {
                 match q.jaeger_trace(id)? {
                     Some(t) => found.push(t),
-                    None => errors.push(json!({"code": 404, "msg": "trace not found", "traceID": id.to_hex()})),
+                    None => errors.push(json!({"msg": "trace not found", "traceID": id.to_hex()})),
                 }
             }
             Ok((found, errors))
@@ -156,7 +156,11 @@ async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Resp
         ),
         (Err(e), _) | (_, Err(e)) => return jaeger_error(&e),
     };
-    match blocking(&st, "jaeger", move |q| q.dependencies(end - lookback, end)).await {
+    if lookback < 0 {
+        return jaeger_error(&ApiError::bad_request(format!("parameter lookback={} must not be negative", lookback / 1_000_000)));
+    }
+    let start = end.saturating_sub(lookback);
+    match blocking(&st, "jaeger", move |q| q.dependencies(start, end)).await {
         Ok(deps) => {
             let data: Vec<Value> =
                 deps.into_iter().map(|d| json!({"parent": d.parent, "child": d.child, "callCount": d.call_count})).collect();

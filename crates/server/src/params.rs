@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use skein_core::query::SearchParams;
 
-/// Default and maximum number of traces a native search returns.
+/// Number of traces a native search returns when `limit` is not given.
 pub const NATIVE_DEFAULT_LIMIT: usize = 20;
 /// Jaeger's default search limit.
 pub const JAEGER_DEFAULT_LIMIT: usize = 100;
@@ -182,7 +182,10 @@ pub fn jaeger_search(p: &Params, now_ns: i64) -> Result<SearchParams, ApiError> 
     check_durations(min, max, ("minDuration", "maxDuration"))?;
     let micros = |key: &str| p.int(key).map(|o| o.map(|us| us.saturating_mul(1_000)));
     let end = micros("end")?.unwrap_or(now_ns);
-    let start = micros("start")?.unwrap_or(end - 48 * 3600 * 1_000_000_000);
+    let start = micros("start")?.unwrap_or(end.saturating_sub(48 * 3600 * 1_000_000_000));
+    if start > end {
+        return Err(ApiError::bad_request(format!("parameter start={} is after end={} (Unix µs)", start / 1_000, end / 1_000)));
+    }
     Ok(SearchParams {
         service,
         operation: p.get("operation").map(str::to_string),

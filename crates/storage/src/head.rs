@@ -48,11 +48,52 @@ struct Loc {
 /// Bytes the index costs per span and per trace (an estimate for the memory limit).
 const INDEX_BYTES_PER_SPAN: usize = 16;
 const INDEX_BYTES_PER_TRACE: usize = 64;
+/// A trace with more spans than this also gets a set of its span ids, so that checking an
+/// incoming span for a duplicate stays O(1) for very long traces (and for a client sending
+/// many spans under one trace id) instead of scanning every stored span of the trace.
+const SPAN_SET_THRESHOLD: usize = 64;
+/// Bytes a span costs in that set (an estimate for the memory limit).
+const SPAN_SET_BYTES_PER_SPAN: usize = 16;
+
+/// The stored spans of one trace.
+#[derive(Default)]
+struct TraceEntry {
+    locs: Vec<Loc>,
+    /// Span ids of `locs`, kept once the trace is longer than [`SPAN_SET_THRESHOLD`].
+    span_set: Option<HashSet<u64, BuildHasherDefault<IdHasher>>>,
+}
+
+impl TraceEntry {
+    fn contains(&self, span_id: u64) -> bool {
+        match &self.span_set {
+            Some(set) => set.contains(&span_id),
+            None => self.locs.iter().any(|l| l.span_id == span_id),
+        }
+    }
+
+    /// Adds a location; returns the bytes the span-id set grew by.
+    fn push(&mut self, loc: Loc) -> usize {
+        self.locs.push(loc);
+        match &mut self.span_set {
+            Some(set) => {
+                set.insert(loc.span_id);
+                SPAN_SET_BYTES_PER_SPAN
+            }
+            None if self.locs.len() > SPAN_SET_THRESHOLD => {
+                self.span_set = Some(self.locs.iter().map(|l| l.span_id).collect());
+                self.locs.len() * SPAN_SET_BYTES_PER_SPAN
+            }
+            None => 0,
+        }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     batches: Vec<Arc<RecordBatch>>,
-    index: IdMap<Vec<Loc>>,
+    index: IdMap<TraceEntry>,
+    /// Bytes of span-id sets and of the operations map, for the memory estimate.
+    aux_bytes: usize,
     rows: usize,
     batch_bytes: usize,
     duplicates: u64,
@@ -108,7 +149,7 @@ impl Head {
                 .map(|r| {
                     let t = key(&view.trace_id(r));
                     let s = u64::from_be_bytes(view.span_id(r));
-                    let old = inner.index.get(&t).is_some_and(|locs| locs.iter().any(|l| l.span_id == s));
+                    let old = inner.index.get(&t).is_some_and(|e| e.contains(s));
                     !old && seen_here.insert((t, s))
                 })
                 .collect();
@@ -128,19 +169,27 @@ impl Head {
         let mut combos: HashSet<(i32, i32, i8)> = HashSet::new();
         for r in 0..view.len() {
             let loc = Loc { batch: b, row: r as u32, span_id: u64::from_be_bytes(view.span_id(r)) };
-            inner.index.entry(key(&view.trace_id(r))).or_default().push(loc);
+            let grew = inner.index.entry(key(&view.trace_id(r))).or_default().push(loc);
+            inner.aux_bytes += grew;
             combos.insert((view.service.key(r), view.name.key(r), view.kind(r)));
         }
         for (s, n, k) in combos {
             let service = view.service.dictionary().value(s as usize);
             let name = view.name.dictionary().value(n as usize);
+            let mut grew = 0;
             let ops = match inner.operations.get_mut(service) {
                 Some(ops) => ops,
-                None => inner.operations.entry(service.to_string()).or_default(),
+                None => {
+                    grew += service.len() + 64;
+                    inner.operations.entry(service.to_string()).or_default()
+                }
             };
-            if !ops.contains(&(name.to_string(), k)) {
-                ops.insert((name.to_string(), k));
+            let op = (name.to_string(), k);
+            if !ops.contains(&op) {
+                grew += name.len() + 48;
+                ops.insert(op);
             }
+            inner.aux_bytes += grew;
         }
         inner.rows += view.len();
         inner.batch_bytes += batch.get_array_memory_size();
@@ -152,7 +201,7 @@ impl Head {
     /// Every span of a trace, in insertion order.
     pub fn trace(&self, id: &TraceId) -> Vec<SpanRecord> {
         let inner = self.inner.read();
-        let Some(locs) = inner.index.get(&key(&id.0)) else {
+        let Some(locs) = inner.index.get(&key(&id.0)).map(|e| &e.locs) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(locs.len());
@@ -167,11 +216,6 @@ impl Head {
             }
         }
         out
-    }
-
-    /// Whether the head holds any span of the trace.
-    pub fn contains(&self, id: &TraceId) -> bool {
-        self.inner.read().index.contains_key(&key(&id.0))
     }
 
     /// The batches held now, newest last. Cheap (reference-counted); later inserts are not
@@ -197,7 +241,7 @@ impl Head {
             rows: inner.rows,
             traces: inner.index.len(),
             batches: inner.batches.len(),
-            bytes: inner.batch_bytes + inner.rows * INDEX_BYTES_PER_SPAN + inner.index.len() * INDEX_BYTES_PER_TRACE,
+            bytes: inner.batch_bytes + inner.aux_bytes + inner.rows * INDEX_BYTES_PER_SPAN + inner.index.len() * INDEX_BYTES_PER_TRACE,
             duplicates: inner.duplicates,
         }
     }
@@ -247,5 +291,18 @@ mod tests {
         assert_eq!(h.services(), ["unknown_service"]);
         assert_eq!(h.operations("unknown_service").len(), 3);
         assert!(h.trace(&TraceId([3; 16])).is_empty());
+    }
+
+    #[test]
+    fn long_traces_dedup_through_the_span_set() {
+        let h = Head::new();
+        let ids: Vec<(u8, u8)> = (1..=200u8).map(|s| (5, s)).collect();
+        assert_eq!(h.insert(skein_columnar::spans::build(&req(&ids)).unwrap()).unwrap(), 200);
+        // every span again, plus one new: only the new one is added
+        let mut again = ids.clone();
+        again.push((5, 201));
+        assert_eq!(h.insert(skein_columnar::spans::build(&req(&again)).unwrap()).unwrap(), 1);
+        assert_eq!(h.trace(&TraceId([5; 16])).len(), 201);
+        assert_eq!(h.stats().duplicates, 200);
     }
 }
