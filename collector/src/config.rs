@@ -50,6 +50,9 @@ pub struct OtlpConfig {
     pub max_attributes_per_span: usize,
     /// Longest string or bytes attribute value; longer ones are truncated and counted.
     pub max_attribute_value_len: usize,
+    /// Request bytes decoded or waiting for the WAL at once (at least one max_body_size);
+    /// past it ingest answers 429 / RESOURCE_EXHAUSTED with a short retry hint.
+    pub max_inflight_bytes: ByteSize,
 }
 
 impl Default for OtlpConfig {
@@ -60,6 +63,7 @@ impl Default for OtlpConfig {
             max_body_size: ByteSize::mib(20),
             max_attributes_per_span: 128,
             max_attribute_value_len: 4096,
+            max_inflight_bytes: ByteSize::mib(256),
         }
     }
 }

@@ -23,7 +23,8 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(cfg: &CollectorConfig) -> Self {
-        Self { store: OnceLock::new(), failed: OnceLock::new(), max_skew_ns: cfg.query.max_clock_skew_adjustment.0.as_nanos() as i64 }
+        let max_skew_ns = i64::try_from(cfg.query.max_clock_skew_adjustment.0.as_nanos()).unwrap_or(i64::MAX);
+        Self { store: OnceLock::new(), failed: OnceLock::new(), max_skew_ns }
     }
 
     /// Marks the store as opened (WAL replayed): from now on the collector is ready.
@@ -49,11 +50,10 @@ impl Collector {
 }
 
 fn api_error(e: skein_storage::Error) -> ApiError {
-    let code = e.code();
-    let err = ApiError::new(code, e.to_string());
-    match code {
-        ErrorCode::ResourceExhausted => err.with_retry_after(HEAD_FULL_RETRY_AFTER),
-        ErrorCode::Unavailable => err.with_retry_after(Duration::from_secs(1)),
+    let err = ApiError::new(e.code(), e.to_string());
+    match e {
+        skein_storage::Error::HeadFull { .. } => err.with_retry_after(HEAD_FULL_RETRY_AFTER),
+        _ if e.code().retryable() => err.with_retry_after(Duration::from_secs(1)),
         _ => err,
     }
 }

@@ -52,6 +52,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
+    // A request must fit one WAL record (and Arrow's 32-bit offsets).
+    let max_record = skein_wal::MAX_RECORD_LEN as u64 - 1;
+    if cfg.otlp.max_body_size.bytes() > max_record {
+        anyhow::bail!(
+            "invalid configuration: otlp.max_body_size = {} is larger than the largest WAL record ({max_record} bytes)",
+            cfg.otlp.max_body_size
+        );
+    }
     for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("query.addr", &cfg.query.addr)] {
         addr.parse::<SocketAddr>().map_err(|e| {
             anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"0.0.0.0:4317\"")
@@ -160,6 +168,7 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
             },
             ..Default::default()
         },
+        max_inflight_bytes: cfg.otlp.max_inflight_bytes.bytes().max(cfg.otlp.max_body_size.bytes()),
     };
     let dir = cfg.data_dir.clone();
     let started = std::time::Instant::now();

@@ -4,7 +4,10 @@
 //!
 //! Environment variables map onto keys by stripping the prefix, lowercasing and reading a
 //! double underscore as a section separator: `SKEIN_HEAD__MEMORY_LIMIT=2GiB` sets
-//! `head.memory_limit`.
+//! `head.memory_limit`. A variable without a double underscore is read only when it names a
+//! top-level key (`SKEIN_DATA_DIR`); any other is ignored, because Kubernetes injects
+//! `<SERVICE>_PORT`, `<SERVICE>_SERVICE_HOST`, … for every Service, and a Service called
+//! `skein` must not stop the collector from starting.
 
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -38,7 +41,7 @@ pub enum ConfigError {
 ///
 /// # Errors
 /// Fails on an unreadable file, invalid TOML, or a key or value the schema does not accept.
-pub fn load<T: DeserializeOwned>(
+pub fn load<T: DeserializeOwned + serde::Serialize + Default>(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     env_prefix: &str,
@@ -51,13 +54,14 @@ pub fn load<T: DeserializeOwned>(
         }
         None => toml::Table::new(),
     };
+    let top_level: Vec<String> = toml::Table::try_from(T::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
     let mut origins = Vec::new();
     for (k, v) in env {
         if let Some(rest) = k.strip_prefix(env_prefix) {
-            if rest.is_empty() {
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if rest.is_empty() || !(rest.contains("__") || top_level.contains(&key)) {
                 continue;
             }
-            let key = rest.to_ascii_lowercase().replace("__", ".");
             set_path(&mut root, &key, &v)?;
             origins.push(format!("{k} -> {key}"));
         }
@@ -105,14 +109,14 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[derive(Debug, Deserialize, serde::Serialize, PartialEq, Default)]
     #[serde(deny_unknown_fields, default)]
     struct Inner {
         limit: u64,
         name: String,
     }
 
-    #[derive(Debug, Deserialize, PartialEq, Default)]
+    #[derive(Debug, Deserialize, serde::Serialize, PartialEq, Default)]
     #[serde(deny_unknown_fields, default)]
     struct Cfg {
         head: Inner,
@@ -128,6 +132,20 @@ mod tests {
         let env = vec![("SKEIN_HEAD__LIMIT".to_string(), "2".to_string()), ("OTHER".into(), "x".into())];
         let c: Cfg = load(Some(&f), env, "SKEIN_", &["head.name=flag".into(), "flag=true".into()]).unwrap();
         assert_eq!(c, Cfg { head: Inner { limit: 2, name: "flag".into() }, flag: true });
+    }
+
+    #[test]
+    fn environment_without_a_section_is_read_only_for_top_level_keys() {
+        // What Kubernetes injects for a Service named `skein` or `skein-collector`.
+        let env = vec![
+            ("SKEIN_PORT".to_string(), "tcp://10.0.0.1:4317".to_string()),
+            ("SKEIN_COLLECTOR_SERVICE_HOST".into(), "10.0.0.1".into()),
+            ("SKEIN_FLAG".into(), "true".into()),
+        ];
+        let c: Cfg = load(None, env, "SKEIN_", &[]).unwrap();
+        assert_eq!(c, Cfg { head: Inner::default(), flag: true });
+        let e = load::<Cfg>(None, vec![("SKEIN_HEAD__LIMT".to_string(), "1".to_string())], "SKEIN_", &[]).unwrap_err();
+        assert!(e.to_string().contains("limt"), "{e}");
     }
 
     #[test]

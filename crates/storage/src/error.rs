@@ -24,6 +24,15 @@ pub enum Error {
         /// Configured limit.
         limit: u64,
     },
+    /// Too many request bytes are being processed at once.
+    #[error("too many request bytes in flight (limit {limit} bytes, otlp.max_inflight_bytes); retry shortly")]
+    Busy {
+        /// Configured limit.
+        limit: u64,
+    },
+    /// A decoding task on the blocking pool failed (a bug: it panicked or was cancelled).
+    #[error("decoding task failed: {0}")]
+    Task(String),
     /// The write-ahead log failed; nothing was acknowledged.
     #[error("write-ahead log: {0}")]
     Wal(#[from] skein_wal::Error),
@@ -38,7 +47,8 @@ impl Error {
         match self {
             Self::Invalid(_) | Self::Malformed(_) => ErrorCode::BadRequest,
             Self::Wire(e) => e.code(),
-            Self::HeadFull { .. } => ErrorCode::ResourceExhausted,
+            Self::HeadFull { .. } | Self::Busy { .. } => ErrorCode::ResourceExhausted,
+            Self::Task(_) => ErrorCode::Internal,
             // A failed write or fsync is retryable (Unavailable): nothing was acknowledged.
             Self::Wal(e) => e.code(),
             Self::Arrow(_) => ErrorCode::Internal,

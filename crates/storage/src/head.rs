@@ -218,6 +218,13 @@ impl Head {
         out
     }
 
+    /// Whether every span of `batch` is stored already (a retry of acknowledged spans).
+    pub fn all_present(&self, batch: &RecordBatch) -> bool {
+        let inner = self.inner.read();
+        let view = SpanView::new(batch);
+        (0..view.len()).all(|r| inner.index.get(&key(&view.trace_id(r))).is_some_and(|e| e.contains(u64::from_be_bytes(view.span_id(r)))))
+    }
+
     /// The batches held now, newest last. Cheap (reference-counted); later inserts are not
     /// visible in the returned list.
     pub fn snapshot(&self) -> Vec<Arc<RecordBatch>> {

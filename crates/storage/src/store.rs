@@ -22,7 +22,15 @@ pub struct StoreConfig {
     pub limits: Limits,
     /// WAL options.
     pub wal: WalOptions,
+    /// Request bytes being decoded or waiting for the WAL at once; past it ingest answers
+    /// `ResourceExhausted`, so many concurrent large requests cannot exhaust memory before the
+    /// head limit applies. Raised to at least one maximum-size request by the caller.
+    pub max_inflight_bytes: u64,
 }
+
+/// Protobuf bodies from this size on are decoded on the blocking pool, not on an async
+/// worker, so a few large requests do not stall every other connection.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
 
 /// What an accepted request amounted to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,6 +50,8 @@ struct StoreMetrics {
     attributes_dropped: Counter,
     values_truncated: Counter,
     requests_refused_full: Counter,
+    requests_refused_inflight: Counter,
+    replay_quarantined: Counter,
     build_seconds: Histogram,
 }
 
@@ -51,6 +61,8 @@ pub struct Store {
     head: Head,
     cfg: StoreConfig,
     metrics: StoreMetrics,
+    /// In-flight request bytes, in KiB permits.
+    inflight: tokio::sync::Semaphore,
 }
 
 impl Store {
@@ -61,10 +73,23 @@ impl Store {
     /// I/O errors opening the WAL, or a record that passed its checksum but does not decode.
     pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(Self, ReplayReport)> {
         let head = Head::new();
-        // A record that passed its checksum but does not decode stops the open: the WAL error
-        // names its segment and offset.
-        let (wal, report) = Wal::open(&dir.join("wal"), cfg.wal.clone(), |_, payload| replay_record(&head, payload))?;
-        Ok((Self { wal, head, cfg, metrics: StoreMetrics::default() }, report))
+        let metrics = StoreMetrics::default();
+        // A record that passed its checksum but does not decode (a decoder bug, or a record of
+        // a newer version) must not keep the collector from starting forever: it is set aside
+        // in `wal-quarantine/` for inspection, reported, and counted; replay goes on.
+        let quarantine = dir.join("wal-quarantine");
+        let (wal, report) = Wal::open(&dir.join("wal"), cfg.wal.clone(), |lsn, payload| {
+            if let Err(why) = replay_record(&head, payload) {
+                let path = quarantine.join(format!("{:020}-{:012}.rec", lsn.segment, lsn.offset));
+                let saved = std::fs::create_dir_all(&quarantine).and_then(|()| std::fs::write(&path, payload));
+                tracing::error!(segment = lsn.segment, offset = lsn.offset, error = %why, quarantined = %path.display(), saved = saved.is_ok(), "WAL record does not decode; its spans are not loaded");
+                metrics.replay_quarantined.inc();
+            }
+            Ok::<(), String>(())
+        })?;
+        let permits =
+            usize::try_from(cfg.max_inflight_bytes.div_ceil(1024)).unwrap_or(usize::MAX).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Ok((Self { wal, head, cfg, metrics, inflight: tokio::sync::Semaphore::new(permits) }, report))
     }
 
     /// Validates, logs and stores a trace export. Returns once the spans are durable and
@@ -74,12 +99,13 @@ impl Store {
     /// `Invalid` when every span was rejected, `HeadFull` past the memory limit, `Wal` when the
     /// log could not be written (nothing is acknowledged then).
     pub async fn ingest_traces(&self, mut req: ExportTraceServiceRequest) -> Result<IngestOutcome> {
+        self.check_memory()?;
+        let _permit = self.admit(req.encoded_len())?;
         let v = validate_traces(&mut req, &self.cfg.limits);
         self.count_validation(&v);
         if v.accepted == 0 {
             return self.nothing_accepted(&v);
         }
-        self.check_memory()?;
         let t = Instant::now();
         let batch = skein_columnar::spans::build(&req)?;
         let mut payload = Vec::with_capacity(req.encoded_len() + 1);
@@ -99,10 +125,22 @@ impl Store {
     /// `Malformed` for bytes that are not an `ExportTraceServiceRequest`, else as
     /// [`Store::ingest_traces`].
     pub async fn ingest_traces_protobuf(&self, body: Bytes) -> Result<IngestOutcome> {
+        self.check_memory()?;
+        let permit = self.admit(body.len())?;
         let t = Instant::now();
-        let out = skein_columnar::spans::build_from_protobuf(&body, &self.cfg.limits).map_err(Error::Wire)?;
+        let limits = self.cfg.limits;
+        let out = if body.len() >= BLOCKING_DECODE_BYTES {
+            let b = body.clone();
+            tokio::task::spawn_blocking(move || skein_columnar::spans::build_from_protobuf(&b, &limits))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+        } else {
+            skein_columnar::spans::build_from_protobuf(&body, &limits)
+        }
+        .map_err(Error::Wire)?;
         if out.modified {
             // Rare: something was rejected or trimmed, so the WAL must hold the corrected request.
+            drop(permit);
             let req = ExportTraceServiceRequest::decode(&body[..]).map_err(|e| Error::Malformed(format!("malformed protobuf: {e}")))?;
             return self.ingest_traces(req).await;
         }
@@ -110,10 +148,20 @@ impl Store {
         if out.validated.accepted == 0 {
             return self.nothing_accepted(&out.validated);
         }
-        self.check_memory()?;
         self.metrics.build_seconds.observe(t.elapsed());
-        self.wal.append_prefixed(RECORD_TRACES, body).await?;
+        if !self.head.all_present(&out.batch) {
+            self.wal.append_prefixed(RECORD_TRACES, body).await?;
+        }
         self.insert(out.batch, &out.validated)
+    }
+
+    /// Reserves `bytes` of the in-flight budget for one request.
+    fn admit(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.inflight.try_acquire_many(kib).map_err(|_| {
+            self.metrics.requests_refused_inflight.inc();
+            Error::Busy { limit: self.cfg.max_inflight_bytes }
+        })
     }
 
     fn count_validation(&self, v: &Validated) {
@@ -143,9 +191,13 @@ impl Store {
         Ok(())
     }
 
-    /// Appends to the WAL, waits for durability, then makes the spans queryable.
+    /// Appends to the WAL, waits for durability, then makes the spans queryable. A retry of
+    /// spans that are all stored already is acknowledged without logging them again: they are
+    /// durable since their first delivery.
     async fn commit(&self, payload: Vec<u8>, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
-        self.wal.append(payload).await?;
+        if !self.head.all_present(&batch) {
+            self.wal.append(payload).await?;
+        }
         self.insert(batch, v)
     }
 
@@ -193,6 +245,20 @@ impl Store {
             "Time to build the Arrow batch and WAL record of a request.",
         );
         m.build_seconds.render(out, "skein_ingest_build_duration_seconds", "");
+        metrics::header(
+            out,
+            "skein_ingest_refused_inflight_total",
+            "counter",
+            "Requests refused because too many request bytes were in flight.",
+        );
+        metrics::sample(out, "skein_ingest_refused_inflight_total", "", m.requests_refused_inflight.get());
+        metrics::header(
+            out,
+            "skein_wal_replay_quarantined_records_total",
+            "counter",
+            "WAL records that passed their checksum but did not decode at start-up (set aside in wal-quarantine/).",
+        );
+        metrics::sample(out, "skein_wal_replay_quarantined_records_total", "", m.replay_quarantined.get());
         let h = self.head.stats();
         metrics::header(out, "skein_head_rows", "gauge", "Spans in the head.");
         metrics::sample(out, "skein_head_rows", "", h.rows);
@@ -228,7 +294,7 @@ mod tests {
     use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn cfg(limit: u64) -> StoreConfig {
-        StoreConfig { memory_limit: limit, limits: Limits::default(), wal: WalOptions::default() }
+        StoreConfig { memory_limit: limit, limits: Limits::default(), wal: WalOptions::default(), max_inflight_bytes: 64 << 20 }
     }
 
     fn req(t: u8, ids: &[u8], bad: usize) -> ExportTraceServiceRequest {
@@ -273,6 +339,28 @@ mod tests {
         let mut text = String::new();
         s.render_metrics(&mut text);
         assert!(text.contains("skein_head_rows 4"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_record_is_quarantined_and_replay_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+            s.ingest_traces(req(1, &[1], 0)).await.unwrap();
+            // a record with a valid checksum whose body is not a request (as a decoder bug would leave)
+            s.wal.append(vec![RECORD_TRACES, 0x0a, 0xff]).await.unwrap();
+            s.ingest_traces(req(2, &[1], 0)).await.unwrap();
+            s.close();
+        }
+        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+        assert_eq!(report.records, 3);
+        assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 1);
+        assert_eq!(s.head().trace(&TraceId([2; 16])).len(), 1);
+        let saved: Vec<_> = std::fs::read_dir(dir.path().join("wal-quarantine")).unwrap().collect();
+        assert_eq!(saved.len(), 1);
+        let mut text = String::new();
+        s.render_metrics(&mut text);
+        assert!(text.contains("skein_wal_replay_quarantined_records_total 1"), "{text}");
     }
 
     #[tokio::test]
