@@ -201,8 +201,9 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     if let Some(t) = demo_task {
         let _ = t.await;
     }
-    if let Some(store) = collector.store() {
-        store.close();
+    if let Some(store) = collector.store().cloned() {
+        // Joins the WAL writer thread after it wrote what is queued: not on an async worker.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
     Ok(())
 }

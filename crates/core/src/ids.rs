@@ -8,6 +8,9 @@ pub enum IdError {
     /// The id had the wrong number of bytes (or hex digits).
     #[error("{what} must be {expected} bytes ({} hex digits), got {got} bytes", expected * 2)]
     Length { what: &'static str, expected: usize, got: usize },
+    /// The hex form had the wrong number of digits.
+    #[error("{what} must be {} hex digits, got {got}", expected * 2)]
+    HexLength { what: &'static str, expected: usize, got: usize },
     /// The id was all zeroes, which OTLP defines as invalid.
     #[error("{what} must not be all zeroes")]
     Zero { what: &'static str },
@@ -46,7 +49,7 @@ fn nibble(c: u8) -> Option<u8> {
 fn decode_hex<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N], IdError> {
     let b = s.as_bytes();
     if b.len() != N * 2 {
-        return Err(IdError::Length { what, expected: N, got: b.len() / 2 });
+        return Err(IdError::HexLength { what, expected: N, got: b.len() });
     }
     let mut out = [0u8; N];
     for (i, pair) in b.chunks_exact(2).enumerate() {
@@ -121,7 +124,7 @@ impl TraceId {
     /// zeroes (a 16-digit id is a 64-bit trace id).
     pub fn from_hex_padded(s: &str) -> Result<Self, IdError> {
         if s.is_empty() || s.len() > 32 {
-            return Err(IdError::Length { what: "trace id", expected: 16, got: s.len() / 2 });
+            return Err(IdError::HexLength { what: "trace id", expected: 16, got: s.len() });
         }
         let mut padded = String::with_capacity(32);
         for _ in s.len()..32 {
@@ -145,7 +148,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_ids() {
-        assert!(matches!(TraceId::from_hex("abc"), Err(IdError::Length { .. })));
+        assert_eq!(TraceId::from_hex("abc").unwrap_err().to_string(), "trace id must be 32 hex digits, got 3");
         assert!(matches!(SpanId::from_slice(&[0; 8]), Err(IdError::Zero { .. })));
         let e = SpanId::from_hex("b7ad6b71692033zz").unwrap_err();
         assert_eq!(e.to_string(), "span id is not hex: invalid character 'z' at position 14");
