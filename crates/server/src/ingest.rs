@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use skein_core::ErrorCode;
 use skein_otlp::codec::{self, Encoding};
 use skein_otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus};
@@ -73,18 +73,7 @@ async fn export_http(State(st): State<HttpState>, headers: HeaderMap, body: Body
 }
 
 async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
-    let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is larger than the limit of {} bytes", st.max_body));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > st.max_body as u64) {
-        return Err(too_large());
-    }
-    let raw: Bytes = match Limited::new(body, st.max_body).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(too_large());
-        }
-        Err(e) => return Err(ApiError::bad_request(format!("reading request body: {e}"))),
-    };
+    let raw = read_body(body, st.max_body).await?;
     let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = codec::decompress(raw, ce, st.max_body).map_err(decode_err)?;
     match enc {
@@ -94,6 +83,37 @@ async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encod
             st.ingest.export_traces(req).await
         }
     }
+}
+
+/// How much of an oversized body is read and thrown away before answering 413: a client
+/// still writing its body when the server answers and closes sees a broken pipe instead of
+/// the 413, so the rest is drained, up to this bound.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes; a larger one is drained (up to
+/// [`DRAIN_LIMIT`]) and answered with 413.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        } else {
+            buf = bytes::BytesMut::new();
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes (otlp.max_body_size)"),
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 pub(crate) fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
