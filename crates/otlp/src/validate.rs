@@ -134,7 +134,7 @@ pub fn validate_traces(req: &mut ExportTraceServiceRequest, limits: &Limits) -> 
             limit_attrs(&mut res.attributes, limits, &mut d, &mut v);
             res.dropped_attributes_count = d;
         }
-        for ss in rs.scope_spans.iter_mut() {
+        for (ssi, ss) in rs.scope_spans.iter_mut().enumerate() {
             let mut si = 0usize;
             ss.spans.retain_mut(|span| {
                 si += 1;
@@ -156,7 +156,7 @@ pub fn validate_traces(req: &mut ExportTraceServiceRequest, limits: &Limits) -> 
                     Err((label, why)) => {
                         let id =
                             if span.span_id.is_empty() { String::new() } else { format!(" {}", skein_core::ids::to_hex(&span.span_id)) };
-                        v.reject(label, format!("resource_spans[{ri}] span #{}{id} {:?}: {why}", si - 1, span.name));
+                        v.reject(label, format!("resource_spans[{ri}].scope_spans[{ssi}].spans[{}]{id} {:?}: {why}", si - 1, span.name));
                         false
                     }
                 }

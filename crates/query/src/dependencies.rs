@@ -13,22 +13,32 @@ use std::sync::Arc;
 /// edge are counted.
 pub fn dependencies(batches: &[Arc<RecordBatch>], start_ns: i64, end_ns: i64) -> Vec<Dependency> {
     let views: Vec<SpanView<'_>> = batches.iter().map(|b| SpanView::new(b)).collect();
-    // (trace id, span id) → (batch, row) of every stored span, to find parents across batches.
-    let mut where_is: HashMap<([u8; 16], [u8; 8]), (u32, u32)> = HashMap::new();
+    let in_window = |v: &SpanView<'_>, row: usize| (start_ns..=end_ns).contains(&v.start(row));
+    // First the parents that in-window spans name, then where those parents are stored: the
+    // map holds only the spans that matter, not the whole head.
+    let mut where_is: HashMap<([u8; 16], [u8; 8]), Option<(u32, u32)>> = HashMap::new();
+    for v in &views {
+        for row in (0..v.len()).filter(|&r| in_window(v, r)) {
+            if let Some(parent) = v.parent_span_id(row) {
+                where_is.insert((v.trace_id(row), parent), None);
+            }
+        }
+    }
     for (b, v) in views.iter().enumerate() {
         for row in 0..v.len() {
-            where_is.insert((v.trace_id(row), v.span_id(row)), (b as u32, row as u32));
+            if let Some(slot) = where_is.get_mut(&(v.trace_id(row), v.span_id(row))) {
+                *slot = Some((b as u32, row as u32));
+            }
         }
     }
     let mut edges: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
     for v in &views {
         for row in 0..v.len() {
-            let start = v.start(row);
-            if start < start_ns || start > end_ns {
+            if !in_window(v, row) {
                 continue;
             }
             let Some(parent) = v.parent_span_id(row) else { continue };
-            let Some(&(pb, prow)) = where_is.get(&(v.trace_id(row), parent)) else { continue };
+            let Some(&Some((pb, prow))) = where_is.get(&(v.trace_id(row), parent)) else { continue };
             let (Some(parent_service), Some(child_service)) = (views[pb as usize].service.get(prow as usize), v.service.get(row)) else {
                 continue;
             };

@@ -360,7 +360,7 @@ fn invalid_spans_are_rejected_as_validation_does() {
     // Nothing under a rejected span counts against the limits.
     assert_eq!((out.validated.values_truncated, out.validated.attributes_dropped), (0, 0));
     assert!(out.modified);
-    assert!(out.validated.message().contains(r#"span #3 "bad \"2\" é": span id must be 8 bytes"#), "{}", out.validated.message());
+    assert!(out.validated.message().contains(r#"spans[3] "bad \"2\" é": span id must be 8 bytes"#), "{}", out.validated.message());
     let all_bad = req(vec![], vec![Span { trace_id: vec![], ..span(1, 1) }]);
     assert_eq!(ok(&all_bad.encode_to_vec(), &Limits::default()).batch.num_rows(), 0);
 }

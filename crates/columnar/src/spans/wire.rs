@@ -296,7 +296,7 @@ impl<'a> Decoder<'a> {
                 }
                 2 => {
                     let (m, ctx) = c.read_msg(k, ctx).at_i("scope_spans", si)?;
-                    self.scope_spans(m, ctx, ri).at_i("scope_spans", si)?;
+                    self.scope_spans(m, ctx, ri, si).at_i("scope_spans", si)?;
                     si += 1;
                 }
                 3 => {
@@ -350,7 +350,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// One pass: the scope's name and version are needed only once its spans are counted.
-    fn scope_spans(&mut self, mut c: Cur<'a>, ctx: u32, ri: usize) -> R<()> {
+    fn scope_spans(&mut self, mut c: Cur<'a>, ctx: u32, ri: usize, ssi: usize) -> R<()> {
         let (mut name, mut version) = ("", "");
         let (mut si, mut kept) = (0, 0);
         while c.more() {
@@ -362,7 +362,7 @@ impl<'a> Decoder<'a> {
                 }
                 2 => {
                     let (m, ctx) = c.read_msg(k, ctx).at_i("spans", si)?;
-                    kept += usize::from(self.span(m, ctx, ri, si).at_i("spans", si)?);
+                    kept += usize::from(self.span(m, ctx, ri, ssi, si).at_i("spans", si)?);
                     si += 1;
                 }
                 3 => {
@@ -376,7 +376,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Decodes one span; returns whether it was accepted (and appended).
-    fn span(&mut self, msg: Cur<'a>, ctx: u32, ri: usize, si: usize) -> R<bool> {
+    fn span(&mut self, msg: Cur<'a>, ctx: u32, ri: usize, ssi: usize, si: usize) -> R<bool> {
         let (mut s, mut b) = (SpanHead::default(), SpanBody::default());
         if self.speculate {
             self.span_fields(msg, ctx, Pass::All, &mut s, &mut b)?;
@@ -395,7 +395,7 @@ impl<'a> Decoder<'a> {
             utf8(s.trace_state)?;
             let name = utf8(s.name)?;
             let id = if s.span_id.is_empty() { String::new() } else { format!(" {}", skein_core::ids::to_hex(s.span_id)) };
-            self.reject(label, format!("resource_spans[{ri}] span #{si}{id} {name:?}: {why}"));
+            self.reject(label, format!("resource_spans[{ri}].scope_spans[{ssi}].spans[{si}]{id} {name:?}: {why}"));
             return Ok(false);
         }
         let excess = self.excess(b.attrs);
