@@ -8,6 +8,11 @@ use skein_core::query::Dependency;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// (trace id, span id).
+type SpanKey = ([u8; 16], [u8; 8]);
+/// (batch, row) in a head snapshot.
+type Location = (u32, u32);
+
 /// Dependency edges among spans that start within `[start_ns, end_ns]`, sorted by parent and
 /// child. A parent span outside the window still names its service, so calls at the window's
 /// edge are counted.
@@ -16,7 +21,7 @@ pub fn dependencies(batches: &[Arc<RecordBatch>], start_ns: i64, end_ns: i64) ->
     let in_window = |v: &SpanView<'_>, row: usize| (start_ns..=end_ns).contains(&v.start(row));
     // First the parents that in-window spans name, then where those parents are stored: the
     // map holds only the spans that matter, not the whole head.
-    let mut where_is: HashMap<([u8; 16], [u8; 8]), Option<(u32, u32)>> = HashMap::new();
+    let mut where_is: HashMap<SpanKey, Option<Location>> = HashMap::new();
     for v in &views {
         for row in (0..v.len()).filter(|&r| in_window(v, r)) {
             if let Some(parent) = v.parent_span_id(row) {
