@@ -58,7 +58,8 @@ impl Validated {
         m
     }
 
-    fn reject(&mut self, label: &'static str, reason: String) {
+    /// Counts one rejected span with its metrics label and (for the first few) its reason.
+    pub fn reject(&mut self, label: &'static str, reason: String) {
         self.rejected += 1;
         if self.reasons.len() < MAX_REASONS {
             self.reasons.push(reason);
@@ -71,27 +72,43 @@ impl Validated {
 }
 
 fn check_span(span: &Span) -> Result<(), (&'static str, String)> {
-    TraceId::from_slice(&span.trace_id).map_err(|e| ("invalid_trace_id", e.to_string()))?;
-    SpanId::from_slice(&span.span_id).map_err(|e| ("invalid_span_id", e.to_string()))?;
-    if !span.parent_span_id.is_empty() {
-        SpanId::from_slice(&span.parent_span_id).map_err(|e| ("invalid_parent_span_id", format!("parent {e}")))?;
+    check_span_fields(&span.trace_id, &span.span_id, &span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+}
+
+/// The span rules, on the fields they read: ids of the right length and not zero, a start
+/// time, an end not before the start, and times that fit Arrow's nanosecond timestamps.
+/// Returns the metrics label and the reason of the first rule broken. Shared with the
+/// wire decoder in `skein-columnar`, so both reject the same spans with the same words.
+///
+/// # Errors
+/// `(label, reason)` of the first rule the span breaks.
+pub fn check_span_fields(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    start: u64,
+    end: u64,
+) -> Result<(), (&'static str, String)> {
+    TraceId::from_slice(trace_id).map_err(|e| ("invalid_trace_id", e.to_string()))?;
+    SpanId::from_slice(span_id).map_err(|e| ("invalid_span_id", e.to_string()))?;
+    if !parent_span_id.is_empty() {
+        SpanId::from_slice(parent_span_id).map_err(|e| ("invalid_parent_span_id", format!("parent {e}")))?;
     }
-    if span.start_time_unix_nano == 0 {
+    if start == 0 {
         return Err(("invalid_timestamp", "start_time_unix_nano is missing".into()));
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
-        return Err((
-            "invalid_timestamp",
-            format!("end_time_unix_nano {} is before start_time_unix_nano {}", span.end_time_unix_nano, span.start_time_unix_nano),
-        ));
+    if end < start {
+        return Err(("invalid_timestamp", format!("end_time_unix_nano {end} is before start_time_unix_nano {start}")));
     }
-    if span.start_time_unix_nano > i64::MAX as u64 || span.end_time_unix_nano > i64::MAX as u64 {
+    if start > i64::MAX as u64 || end > i64::MAX as u64 {
         return Err(("invalid_timestamp", "timestamp is past the year 2262".into()));
     }
     Ok(())
 }
 
-fn limit_attrs(attrs: &mut Vec<KeyValue>, limits: &Limits, dropped: &mut u32, v: &mut Validated) {
+/// Applies the attribute limits to one attribute list: attributes past the count limit are
+/// dropped (and added to `dropped`), long values truncated; both counted in `v`.
+pub fn limit_attrs(attrs: &mut Vec<KeyValue>, limits: &Limits, dropped: &mut u32, v: &mut Validated) {
     if attrs.len() > limits.max_attributes_per_span {
         let n = attrs.len() - limits.max_attributes_per_span;
         attrs.truncate(limits.max_attributes_per_span);
@@ -105,7 +122,9 @@ fn limit_attrs(attrs: &mut Vec<KeyValue>, limits: &Limits, dropped: &mut u32, v:
     }
 }
 
-fn truncate_value(value: &mut AnyValue, max: usize, v: &mut Validated) {
+/// Truncates a string or bytes value longer than `max` (at a char boundary), inside arrays
+/// and kvlists too, counting each truncation in `v`.
+pub fn truncate_value(value: &mut AnyValue, max: usize, v: &mut Validated) {
     match value.value.as_mut() {
         Some(Value::StringValue(s)) if s.len() > max => {
             let mut cut = max;

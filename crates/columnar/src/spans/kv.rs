@@ -8,7 +8,7 @@ use super::protobuf::{At, Cur, LEN, R, RECURSION_LIMIT, Stop};
 use crate::value::{self, ValueRef};
 use prost::Message;
 use skein_otlp::Validated;
-use skein_otlp::proto::common::v1::{AnyValue, any_value::Value};
+use skein_otlp::proto::common::v1::AnyValue;
 
 /// An attribute value as decoded: a borrowed scalar, or an array or kvlist left for prost.
 #[derive(Clone, Copy)]
@@ -172,29 +172,10 @@ pub(super) fn render_attr(kv: &Kv<'_>, max_len: usize, out: &mut MapCol, v: &mut
                     c.skip(k, RECURSION_LIMIT)?;
                 }
             }
-            truncate_nested(&mut any, max_len, v);
+            skein_otlp::validate::truncate_value(&mut any, max_len, v);
             let tag = value::render(Some(&any), out.begin_entry(kv.key));
             out.end_entry(tag);
             Ok(())
         }
-    }
-}
-
-/// `skein_otlp::validate`'s value truncation, for the values decoded by prost (arrays, kvlists
-/// and resource attributes).
-pub(super) fn truncate_nested(value: &mut AnyValue, max: usize, v: &mut Validated) {
-    match value.value.as_mut() {
-        Some(Value::StringValue(s)) if s.len() > max => {
-            let at = cut(s, max).len();
-            s.truncate(at);
-            v.values_truncated += 1;
-        }
-        Some(Value::BytesValue(b)) if b.len() > max => {
-            b.truncate(max);
-            v.values_truncated += 1;
-        }
-        Some(Value::ArrayValue(a)) => a.values.iter_mut().for_each(|x| truncate_nested(x, max, v)),
-        Some(Value::KvlistValue(kv)) => kv.values.iter_mut().filter_map(|kv| kv.value.as_mut()).for_each(|x| truncate_nested(x, max, v)),
-        _ => {}
     }
 }

@@ -50,7 +50,7 @@
 //! bug), the whole request falls back to prost, validation and [`super::build()`].
 
 use super::build::{Columns, SpanRow, node_of, service_of};
-use super::kv::{key_value, render_attr, set_text, truncate_nested, utf8};
+use super::kv::{key_value, render_attr, set_text, utf8};
 use super::protobuf::{At, Cur, R, RECURSION_LIMIT, Stop, WireReason, render_path};
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
@@ -104,9 +104,6 @@ impl WireError {
         }
     }
 }
-
-/// How many rejection reasons [`Validated`] keeps (`skein_otlp::validate`'s `MAX_REASONS`).
-const MAX_REASONS: usize = 5;
 
 /// Decodes, validates and builds a request in one pass; see the module documentation.
 ///
@@ -225,23 +222,9 @@ impl LinkFields<'_> {
     }
 }
 
-/// `skein_otlp::validate`'s span rules, in the same order and with the same messages.
+/// `skein_otlp::validate`'s span rules, on the span's wire fields.
 fn check_span(s: &SpanHead<'_>) -> Result<(), (&'static str, String)> {
-    TraceId::from_slice(s.trace_id).map_err(|e| ("invalid_trace_id", e.to_string()))?;
-    SpanId::from_slice(s.span_id).map_err(|e| ("invalid_span_id", e.to_string()))?;
-    if !s.parent_span_id.is_empty() {
-        SpanId::from_slice(s.parent_span_id).map_err(|e| ("invalid_parent_span_id", format!("parent {e}")))?;
-    }
-    if s.start == 0 {
-        return Err(("invalid_timestamp", "start_time_unix_nano is missing".into()));
-    }
-    if s.end < s.start {
-        return Err(("invalid_timestamp", format!("end_time_unix_nano {} is before start_time_unix_nano {}", s.end, s.start)));
-    }
-    if s.start > i64::MAX as u64 || s.end > i64::MAX as u64 {
-        return Err(("invalid_timestamp", "timestamp is past the year 2262".into()));
-    }
-    Ok(())
+    skein_otlp::validate::check_span_fields(s.trace_id, s.span_id, s.parent_span_id, s.start, s.end)
 }
 
 /// The decoder's state: the growing columns and the validation outcome.
@@ -578,32 +561,16 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// `Validated::reject`, which is private to `skein_otlp`.
     fn reject(&mut self, label: &'static str, reason: String) {
-        let v = &mut self.v;
-        v.rejected += 1;
-        if v.reasons.len() < MAX_REASONS {
-            v.reasons.push(reason);
-        }
-        match v.rejected_by_reason.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, n)) => *n += 1,
-            None => v.rejected_by_reason.push((label, 1)),
-        }
+        self.v.reject(label, reason);
     }
 }
 
 /// `skein_otlp::validate`'s limits on a resource: attributes past the limit dropped and
 /// counted in its `dropped_attributes_count`, long values truncated.
 fn limit_resource(res: &mut Resource, max_attrs: usize, max_len: usize, v: &mut Validated) {
-    if res.attributes.len() > max_attrs {
-        let n = res.attributes.len() - max_attrs;
-        res.attributes.truncate(max_attrs);
-        res.dropped_attributes_count = res.dropped_attributes_count.saturating_add(n as u32);
-        v.attributes_dropped += n as u64;
-    }
-    for value in res.attributes.iter_mut().filter_map(|kv| kv.value.as_mut()) {
-        truncate_nested(value, max_len, v);
-    }
+    let limits = skein_otlp::Limits { max_attributes_per_span: max_attrs, max_attribute_value_len: max_len };
+    skein_otlp::validate::limit_attrs(&mut res.attributes, &limits, &mut res.dropped_attributes_count, v);
 }
 
 fn scope<'a>(mut c: Cur<'a>, ctx: u32, name: &mut &'a str, version: &mut &'a str) -> R<()> {
