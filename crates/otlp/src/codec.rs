@@ -45,7 +45,7 @@ pub enum DecodeError {
     #[error("unsupported content type {0:?}: expected application/x-protobuf or application/json")]
     ContentType(String),
     /// Unsupported `Content-Encoding`.
-    #[error("unsupported content encoding {0:?}: expected gzip or identity")]
+    #[error("unsupported content encoding {0:?}: expected gzip, zstd or identity")]
     ContentEncoding(String),
     /// The body (compressed or not) is over the limit.
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -56,6 +56,9 @@ pub enum DecodeError {
     /// The gzip stream is damaged.
     #[error("invalid gzip body: {0}")]
     Gzip(std::io::Error),
+    /// The zstd stream is damaged.
+    #[error("invalid zstd body: {0}")]
+    Zstd(std::io::Error),
     /// The protobuf message is malformed.
     #[error("malformed protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
@@ -75,8 +78,8 @@ impl DecodeError {
     }
 }
 
-/// Undoes `Content-Encoding`, refusing to inflate past `limit` bytes (a gzip bomb costs us
-/// at most `limit` bytes of memory).
+/// Undoes `Content-Encoding` (gzip or zstd), refusing to inflate past `limit` bytes (a
+/// compression bomb costs us at most `limit` bytes of memory).
 ///
 /// # Errors
 /// Unknown encodings, damaged gzip, or an inflated size over `limit`.
@@ -89,16 +92,25 @@ pub fn decompress(body: Bytes, content_encoding: Option<&str>, limit: usize) -> 
             Ok(body)
         }
         Some("gzip") | Some("x-gzip") => {
-            let mut out = Vec::with_capacity((body.len() * 4).min(limit));
-            let mut dec = flate2::read::MultiGzDecoder::new(&body[..]).take(limit as u64 + 1);
-            dec.read_to_end(&mut out).map_err(DecodeError::Gzip)?;
-            if out.len() > limit {
-                return Err(DecodeError::TooLarge { limit });
-            }
-            Ok(Bytes::from(out))
+            inflate(flate2::read::MultiGzDecoder::new(&body[..]), body.len(), limit).map_err(|e| e.unwrap_or_else(DecodeError::Gzip))
+        }
+        Some("zstd") => {
+            let dec = zstd::stream::read::Decoder::new(&body[..]).map_err(DecodeError::Zstd)?;
+            inflate(dec, body.len(), limit).map_err(|e| e.unwrap_or_else(DecodeError::Zstd))
         }
         Some(other) => Err(DecodeError::ContentEncoding(other.to_string())),
     }
+}
+
+/// Reads a decompressing reader to the end, at most `limit` bytes. The error is `Ok(TooLarge)`
+/// past the limit, `Err(io)` for a damaged stream (the caller names the format).
+fn inflate(r: impl Read, compressed: usize, limit: usize) -> Result<Bytes, Result<DecodeError, std::io::Error>> {
+    let mut out = Vec::with_capacity(compressed.saturating_mul(4).min(limit));
+    r.take(limit as u64 + 1).read_to_end(&mut out).map_err(Err)?;
+    if out.len() > limit {
+        return Err(Ok(DecodeError::TooLarge { limit }));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Decodes an OTLP message in the given encoding.
@@ -149,6 +161,15 @@ mod tests {
         assert!(matches!(decompress(gz, Some("gzip"), 9_999), Err(DecodeError::TooLarge { .. })));
         assert!(matches!(decompress(Bytes::from_static(b"nope"), Some("gzip"), 100), Err(DecodeError::Gzip(_))));
         assert!(matches!(decompress(Bytes::from_static(b"x"), Some("br"), 100), Err(DecodeError::ContentEncoding(_))));
+    }
+
+    #[test]
+    fn zstd_is_bounded() {
+        let z = Bytes::from(zstd::encode_all(&vec![7u8; 10_000][..], 3).unwrap());
+        assert_eq!(decompress(z.clone(), Some("zstd"), 10_000).unwrap(), Bytes::from(vec![7u8; 10_000]));
+        assert!(matches!(decompress(z, Some("zstd"), 9_999), Err(DecodeError::TooLarge { .. })));
+        let bad = decompress(Bytes::from_static(b"not zstd at all"), Some("zstd"), 100).unwrap_err();
+        assert!(bad.to_string().starts_with("invalid zstd body"), "{bad}");
     }
 
     #[test]

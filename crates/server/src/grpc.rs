@@ -131,6 +131,7 @@ where
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 // Responses are a few bytes: compressing them would only cost CPU.
                 .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
             Ok(grpc.unary(export, req).await)
         })

@@ -484,3 +484,21 @@ async fn dependency_graph_counts_calls_between_services() {
     let (_, empty) = c.get_json("/api/dependencies?endTs=1000&lookback=1000").await.expect("jaeger dependencies");
     assert_eq!(empty["data"], json!([]), "{empty}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_bodies_are_ingested_over_http_and_grpc() {
+    let c = Collector::start().await.expect("collector starts");
+    // OTLP/HTTP protobuf, Content-Encoding: zstd
+    let (req, tid) = otlp::sample_trace("zstd-http", 2);
+    let body = zstd::encode_all(&prost::Message::encode_to_vec(&req)[..], 3).expect("zstd");
+    let reply = Reply::read(c.post_traces(body, "application/x-protobuf", Some("zstd")).await.expect("post")).await.expect("reply");
+    assert_eq!(reply.status, 200, "{}", reply.message());
+    let trace = c.trace(&hex(&tid)).await.expect("trace");
+    assert_eq!(trace["span_count"], otlp::span_ids(&req).len(), "{trace}");
+    // OTLP/gRPC with zstd message compression
+    let (req, tid) = otlp::sample_trace("zstd-grpc", 2);
+    let mut grpc = c.grpc_client().await.expect("grpc client").send_compressed(tonic::codec::CompressionEncoding::Zstd);
+    grpc.export(req.clone()).await.expect("zstd gRPC export");
+    let trace = c.trace(&hex(&tid)).await.expect("trace");
+    assert_eq!(trace["span_count"], otlp::span_ids(&req).len(), "{trace}");
+}
