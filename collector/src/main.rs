@@ -142,6 +142,11 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     };
 
     let grpc = tonic::transport::Server::builder()
+        // HTTP/2's default 64 KiB stream window makes a client stop and wait for a window
+        // update several times per typical export (hundreds of KiB): more round trips, wake-ups
+        // and syscalls per request. A window of a few MiB lets a request arrive in one go.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(skein_server::grpc_trace_service(collector.clone(), max_body, Arc::clone(&metrics)))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(shutdown_rx.clone()));
     let http = axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), max_body, Arc::clone(&metrics)))
