@@ -295,7 +295,8 @@ impl Columns {
 
     /// Appends an event of the current span; its `ev_attrs` row must be closed already.
     pub(super) fn push_event(&mut self, time_unix_nano: u64, name: &[u8], dropped_attributes: u32) {
-        self.ev_time.push(time_unix_nano as i64);
+        // A time past i64 (year 2262) would wrap negative in the nanosecond timestamp column.
+        self.ev_time.push(i64::try_from(time_unix_nano).unwrap_or(i64::MAX));
         self.ev_name.push(name);
         self.ev_dropped.push(dropped_attributes);
     }
