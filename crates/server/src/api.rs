@@ -96,13 +96,8 @@ pub(crate) fn now_ns() -> i64 {
 /// `GET /api/v1/dependencies?start=&end=` (Unix ns; default the last 24 hours).
 async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(raw.as_deref());
-    let int = |k: &str| {
-        p.get(k)
-            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("parameter {k}={v:?} is not an integer (Unix ns)"))))
-            .transpose()
-    };
-    let end = int("end")?.unwrap_or_else(now_ns);
-    let start = int("start")?.unwrap_or(end.saturating_sub(DEPENDENCY_LOOKBACK_NS));
+    let end = p.int_in("end", "Unix ns")?.unwrap_or_else(now_ns);
+    let start = p.int_in("start", "Unix ns")?.unwrap_or(end.saturating_sub(DEPENDENCY_LOOKBACK_NS));
     if end < start {
         return Err(ApiError::bad_request("parameter end must not be before start"));
     }

@@ -141,15 +141,7 @@ async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
 /// 24 hours before now).
 async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Response {
     let p = Params::parse(raw.as_deref());
-    let ms = |k: &str| {
-        p.get(k)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| ApiError::bad_request(format!("unable to parse param '{k}': {v:?} is not an integer (Unix ms)")))
-            })
-            .transpose()
-    };
-    let (end, lookback) = match (ms("endTs"), ms("lookback")) {
+    let (end, lookback) = match (p.int_in("endTs", "Unix ms"), p.int_in("lookback", "ms")) {
         (Ok(e), Ok(l)) => (
             e.map(|ms| ms.saturating_mul(1_000_000)).unwrap_or_else(crate::api::now_ns),
             l.map(|ms| ms.saturating_mul(1_000_000)).unwrap_or(crate::api::DEPENDENCY_LOOKBACK_NS),

@@ -32,8 +32,14 @@ impl Params {
     }
 
     fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.int_in(key, "")
+    }
+
+    /// The integer value of `key`; `unit` (e.g. "Unix ns") goes into the error message.
+    pub(crate) fn int_in(&self, key: &str, unit: &str) -> Result<Option<i64>, ApiError> {
+        let unit = if unit.is_empty() { String::new() } else { format!(" ({unit})") };
         self.get(key)
-            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("parameter {key}={v:?} is not an integer"))))
+            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad_request(format!("parameter {key}={v:?} is not an integer{unit}"))))
             .transpose()
     }
 

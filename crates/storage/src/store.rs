@@ -126,7 +126,8 @@ impl Store {
     /// [`Store::ingest_traces`].
     pub async fn ingest_traces_protobuf(&self, body: Bytes) -> Result<IngestOutcome> {
         self.check_memory()?;
-        let permit = self.admit(body.len())?;
+        // Held until the WAL has the request: the in-flight budget covers decoding and the wait.
+        let _permit = self.admit(body.len())?;
         let t = Instant::now();
         let limits = self.cfg.limits;
         let out = if body.len() >= BLOCKING_DECODE_BYTES {
@@ -138,15 +139,22 @@ impl Store {
             skein_columnar::spans::build_from_protobuf(&body, &limits)
         }
         .map_err(Error::Wire)?;
-        if out.modified {
-            // Rare: something was rejected or trimmed, so the WAL must hold the corrected request.
-            drop(permit);
-            let req = ExportTraceServiceRequest::decode(&body[..]).map_err(|e| Error::Malformed(format!("malformed protobuf: {e}")))?;
-            return self.ingest_traces(req).await;
-        }
         self.count_validation(&out.validated);
         if out.validated.accepted == 0 {
             return self.nothing_accepted(&out.validated);
+        }
+        if out.modified {
+            // Rare: something was rejected or trimmed, so the WAL must hold the corrected
+            // request. The batch is already built (equal to what validate + build give, as the
+            // columnar equivalence tests check); only the WAL record needs the prost path.
+            let mut req = ExportTraceServiceRequest::decode(&body[..]).map_err(|e| Error::Malformed(format!("malformed protobuf: {e}")))?;
+            validate_traces(&mut req, &limits);
+            let mut payload = Vec::with_capacity(req.encoded_len() + 1);
+            payload.push(RECORD_TRACES);
+            // Encoding into a Vec with enough capacity cannot fail.
+            let _ = req.encode(&mut payload);
+            self.metrics.build_seconds.observe(t.elapsed());
+            return self.commit(payload, out.batch, &out.validated).await;
         }
         self.metrics.build_seconds.observe(t.elapsed());
         if !self.head.all_present(&out.batch) {
