@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
-    /// Directory for the write-ahead log and (later) blocks.
+    /// Directory for the write-ahead log, and for blocks unless `storage.url` points elsewhere.
     pub data_dir: PathBuf,
     /// OTLP ingest.
     pub otlp: OtlpConfig,
@@ -19,6 +19,8 @@ pub struct CollectorConfig {
     pub wal: WalConfig,
     /// In-memory head.
     pub head: HeadConfig,
+    /// Blocks on the local disk or S3: flush, compaction, retention.
+    pub storage: skein_storage::StorageConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -31,6 +33,7 @@ impl Default for CollectorConfig {
             query: QueryConfig::default(),
             wal: WalConfig::default(),
             head: HeadConfig::default(),
+            storage: skein_storage::StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -114,7 +117,8 @@ impl Default for WalConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
-    /// Estimated memory of the head past which ingest answers 429 / RESOURCE_EXHAUSTED.
+    /// Estimated memory of the heads (the one taking spans and those being flushed) past which
+    /// ingest answers 429 / RESOURCE_EXHAUSTED.
     pub memory_limit: ByteSize,
 }
 

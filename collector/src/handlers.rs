@@ -58,6 +58,15 @@ fn api_error(e: skein_storage::Error) -> ApiError {
     }
 }
 
+/// Runs an engine future from a query method, which the server calls on the blocking pool.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
+fn spans_of(store: &Store, id: &TraceId) -> Result<Vec<skein_columnar::SpanRecord>, ApiError> {
+    block_on(store.trace(id)).map_err(api_error)
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding answer: {e}")))
 }
@@ -82,7 +91,7 @@ impl TraceIngest for Collector {
 
 impl QueryService for Collector {
     fn trace(&self, id: TraceId, opts: TraceOptions) -> Result<Option<Value>, ApiError> {
-        let spans = self.ready_store()?.head().trace(&id);
+        let spans = spans_of(self.ready_store()?, &id)?;
         if spans.is_empty() {
             return Ok(None);
         }
@@ -91,34 +100,37 @@ impl QueryService for Collector {
     }
 
     fn search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
-        let head = self.ready_store()?.head();
-        let ids = skein_query::search::matching_traces(&head.snapshot(), q);
-        let mut out: Vec<_> = ids.into_iter().map(|id| skein_query::summary::summarize(id, &head.trace(&id))).collect();
+        let store = self.ready_store()?;
+        let ids = skein_query::search::matching_traces(&store.snapshot().head, q);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(skein_query::summary::summarize(id, &spans_of(store, &id)?));
+        }
         out.sort_by_key(|s| std::cmp::Reverse(s.start_time_unix_nano));
         out.iter().map(to_json).collect()
     }
 
     fn services(&self) -> Result<Vec<String>, ApiError> {
-        Ok(self.ready_store()?.head().services())
+        Ok(self.ready_store()?.services())
     }
 
     fn operations(&self, service: &str) -> Result<Vec<(String, i8)>, ApiError> {
-        Ok(self.ready_store()?.head().operations(service))
+        Ok(self.ready_store()?.operations(service))
     }
 
     fn jaeger_trace(&self, id: TraceId) -> Result<Option<Value>, ApiError> {
-        let spans = self.ready_store()?.head().trace(&id);
+        let spans = spans_of(self.ready_store()?, &id)?;
         Ok((!spans.is_empty()).then(|| skein_query::jaeger::to_jaeger(id, &spans)))
     }
 
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
-        Ok(skein_query::dependencies::dependencies(&self.ready_store()?.head().snapshot(), start_ns, end_ns))
+        Ok(skein_query::dependencies::dependencies(&self.ready_store()?.snapshot().head, start_ns, end_ns))
     }
 
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
-        let head = self.ready_store()?.head();
-        let ids = skein_query::search::matching_traces(&head.snapshot(), q);
-        Ok(ids.into_iter().map(|id| skein_query::jaeger::to_jaeger(id, &head.trace(&id))).collect())
+        let store = self.ready_store()?;
+        let ids = skein_query::search::matching_traces(&store.snapshot().head, q);
+        ids.into_iter().map(|id| Ok(skein_query::jaeger::to_jaeger(id, &spans_of(store, &id)?))).collect()
     }
 }
 

@@ -174,29 +174,35 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
             ..Default::default()
         },
         max_inflight_bytes: cfg.otlp.max_inflight_bytes.bytes().max(cfg.otlp.max_body_size.bytes()),
+        storage: cfg.storage.clone(),
     };
     let dir = cfg.data_dir.clone();
     let started = std::time::Instant::now();
-    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, store_cfg)).await?;
-    match opened {
+    let opened = Store::open(&dir, store_cfg).await;
+    let maintenance = match opened {
         Ok((store, report)) => {
             tracing::info!(
                 records = report.records,
                 bytes = report.bytes,
                 segments = report.segments,
                 corruptions = report.corruptions.len(),
-                spans = store.head().stats().rows,
+                spans = store.head_stats().rows,
+                blocks = store.snapshot().blocks.len(),
+                storage = %store.objects().location,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "write-ahead log replayed; ready"
             );
-            collector.set_store(Arc::new(store));
+            collector.set_store(Arc::clone(&store));
+            let maintenance = tokio::spawn(Arc::clone(&store).run_maintenance(shutdown_rx.clone()));
+            tokio::spawn(async move { store.warm_blocks().await });
+            maintenance
         }
         Err(e) => {
             collector.set_failed(e.to_string());
             let _ = shutdown_tx.send(true);
             return Err(anyhow::anyhow!(e).context("opening the store"));
         }
-    }
+    };
 
     let demo_task = demo.then(|| tokio::spawn(demo::run(grpc_addr, shutdown_rx.clone())));
     shutdown_signal().await;
@@ -206,6 +212,7 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     if let Some(t) = demo_task {
         let _ = t.await;
     }
+    let _ = maintenance.await;
     if let Some(store) = collector.store().cloned() {
         // Joins the WAL writer thread after it wrote what is queued: not on an async worker.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

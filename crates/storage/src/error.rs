@@ -16,7 +16,7 @@ pub enum Error {
     Wire(#[from] skein_columnar::spans::WireError),
     /// The head is at its memory limit.
     #[error(
-        "head is full: {used} bytes in memory, limit {limit} (head.memory_limit); this version does not flush the head to blocks yet, so it stays full until the collector restarts with a larger limit"
+        "head is full: {used} bytes in memory, limit {limit} (head.memory_limit); retry after the head is flushed to a block (see storage.flush)"
     )]
     HeadFull {
         /// Bytes in use.
@@ -39,6 +39,48 @@ pub enum Error {
     /// Building the Arrow batch failed (a bug: validated input always builds).
     #[error("building the span batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A storage setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// An object store operation failed.
+    #[error("object store: {op} {path}: {source}")]
+    ObjectStore {
+        /// What was being done.
+        op: &'static str,
+        /// The object or store.
+        path: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Writing or reading a Parquet block failed.
+    #[error("block {path}: {source}")]
+    Parquet {
+        /// The block.
+        path: String,
+        /// The cause.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// A local file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest could not be read or is not valid.
+    #[error("manifest {path}: {message}")]
+    Manifest {
+        /// The manifest object.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Error {
@@ -51,7 +93,10 @@ impl Error {
             Self::Task(_) => ErrorCode::Internal,
             // A failed write or fsync is retryable (Unavailable): nothing was acknowledged.
             Self::Wal(e) => e.code(),
-            Self::Arrow(_) => ErrorCode::Internal,
+            Self::Arrow(_) | Self::Parquet { .. } | Self::Manifest { .. } => ErrorCode::Internal,
+            Self::Config(_) => ErrorCode::BadRequest,
+            // The object store being unreachable is worth retrying.
+            Self::ObjectStore { .. } | Self::Io { .. } => ErrorCode::Unavailable,
         }
     }
 }

@@ -99,6 +99,8 @@ struct Inner {
     duplicates: u64,
     /// service → (operation, kind)
     operations: BTreeMap<String, BTreeSet<(String, i8)>>,
+    /// When the first span arrived, for the flush age threshold.
+    first_insert: Option<std::time::Instant>,
 }
 
 /// Counters describing the head.
@@ -142,6 +144,7 @@ impl Head {
             return Ok(0);
         }
         let mut inner = self.inner.write();
+        inner.first_insert.get_or_insert_with(std::time::Instant::now);
         let batch = {
             let view = SpanView::new(&batch);
             let mut seen_here: HashSet<(u128, u64), BuildHasherDefault<IdHasher>> = HashSet::default();
@@ -239,6 +242,21 @@ impl Head {
     /// (operation, span kind) pairs of a service, sorted.
     pub fn operations(&self, service: &str) -> Vec<(String, i8)> {
         self.inner.read().operations.get(service).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Whether the head holds span `span_id` of trace `trace_id`.
+    pub fn contains(&self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> bool {
+        self.inner.read().index.get(&key(trace_id)).is_some_and(|e| e.contains(u64::from_be_bytes(*span_id)))
+    }
+
+    /// Every service with its (operation, span kind) pairs.
+    pub fn operations_map(&self) -> BTreeMap<String, Vec<(String, i8)>> {
+        self.inner.read().operations.iter().map(|(s, ops)| (s.clone(), ops.iter().cloned().collect())).collect()
+    }
+
+    /// How long ago the first span arrived; `None` while empty.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.inner.read().first_insert.map(|t| t.elapsed())
     }
 
     /// Size and content counters.

@@ -1,13 +1,24 @@
-//! [`Store`]: the WAL and the head behind one ingest call, plus replay on open.
+//! [`Store`]: the WAL, the heads and the blocks behind one ingest call; replay on open; the
+//! consistent snapshot queries read.
 
+use crate::block::Block;
+use crate::config::StorageConfig;
 use crate::error::{Error, Result};
-use crate::head::Head;
+use crate::head::{Head, HeadStats};
+use crate::manifest::Manifest;
+use crate::objstore::Objects;
+use arrow::array::RecordBatch;
 use bytes::Bytes;
+use parking_lot::RwLock;
 use prost::Message;
+use skein_columnar::SpanRecord;
+use skein_core::TraceId;
 use skein_core::metrics::{self, Counter, Histogram};
 use skein_otlp::{ExportTraceServiceRequest, Limits, Validated, validate_traces};
 use skein_wal::{ReplayReport, Wal, WalOptions};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// WAL record kind: an `ExportTraceServiceRequest` in protobuf, holding only accepted spans.
@@ -16,7 +27,8 @@ const RECORD_TRACES: u8 = 1;
 /// Configuration of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Past this estimated size the head refuses ingest with `ResourceExhausted`.
+    /// Past this estimated size of the heads (the active one and those being flushed) ingest
+    /// is refused with `ResourceExhausted`.
     pub memory_limit: u64,
     /// Limits applied to incoming spans.
     pub limits: Limits,
@@ -26,7 +38,12 @@ pub struct StoreConfig {
     /// `ResourceExhausted`, so many concurrent large requests cannot exhaust memory before the
     /// head limit applies. Raised to at least one maximum-size request by the caller.
     pub max_inflight_bytes: u64,
+    /// Blocks, flush, compaction, retention.
+    pub storage: StorageConfig,
 }
+
+/// The tenant every span belongs to until authentication maps tokens to tenants.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// Protobuf bodies from this size on are decoded on the blocking pool, not on an async
 /// worker, so a few large requests do not stall every other connection.
@@ -44,7 +61,7 @@ pub struct IngestOutcome {
 }
 
 #[derive(Default)]
-struct StoreMetrics {
+pub(crate) struct StoreMetrics {
     spans_accepted: Counter,
     rejected: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     attributes_dropped: Counter,
@@ -52,44 +69,126 @@ struct StoreMetrics {
     requests_refused_full: Counter,
     requests_refused_inflight: Counter,
     replay_quarantined: Counter,
+    replay_skipped: Counter,
     build_seconds: Histogram,
+    pub(crate) flushes: Counter,
+    pub(crate) flush_failures: Counter,
+    pub(crate) flush_seconds: Histogram,
+    pub(crate) compactions: Counter,
+    pub(crate) compaction_failures: Counter,
+    pub(crate) compacted_blocks: Counter,
+    pub(crate) expired_blocks: Counter,
+    pub(crate) deleted_files: Counter,
+    pub(crate) block_duplicates: Counter,
 }
 
-/// The WAL and the head of one collector.
+/// A head that no longer takes spans and is being written as a block.
+#[derive(Clone)]
+pub(crate) struct Frozen {
+    pub(crate) head: Arc<Head>,
+    /// Every WAL record of this head is in a segment below this one.
+    pub(crate) wal_before: u64,
+}
+
+/// What queries see: the heads and the listed blocks, swapped atomically by a flush or a
+/// compaction so that no span is seen twice or missed.
+pub(crate) struct State {
+    pub(crate) active: Arc<Head>,
+    /// Oldest first.
+    pub(crate) frozen: Vec<Frozen>,
+    pub(crate) blocks: Arc<Vec<Arc<Block>>>,
+}
+
+/// A consistent view of everything stored at one moment, for queries.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// Head batches (frozen heads first, the active head last).
+    pub head: Vec<Arc<RecordBatch>>,
+    /// Listed blocks, oldest first.
+    pub blocks: Arc<Vec<Arc<Block>>>,
+}
+
+/// The WAL, the heads and the blocks of one collector.
 pub struct Store {
-    wal: Wal,
-    head: Head,
-    cfg: StoreConfig,
-    metrics: StoreMetrics,
+    pub(crate) wal: Wal,
+    pub(crate) state: RwLock<State>,
+    /// Held shared by every ingest from its WAL append to its head insert, and exclusively by
+    /// a freeze, so that a WAL segment boundary is also a head boundary.
+    gate: tokio::sync::RwLock<()>,
+    pub(crate) cfg: StoreConfig,
+    pub(crate) objects: Objects,
+    pub(crate) tenant: String,
+    /// The manifest as last written; held while it is being changed.
+    pub(crate) manifest: tokio::sync::Mutex<Manifest>,
+    pub(crate) wal_id: String,
+    pub(crate) metrics: StoreMetrics,
     /// In-flight request bytes, in KiB permits.
     inflight: tokio::sync::Semaphore,
 }
 
 impl Store {
-    /// Opens the WAL under `dir/wal`, replays it into a new head, and returns the store with
-    /// the replay report (corrupt tails are reported there and in the log).
+    /// Opens the object store and the tenant's manifest, deletes block files a crash left
+    /// unlisted, opens the WAL under `dir/wal` and replays the records not yet in blocks into a
+    /// new head. Returns the store with the replay report (corrupt tails are reported there and
+    /// in the log). Block files are not read: queries load their metadata on first use.
     ///
     /// # Errors
-    /// I/O errors opening the WAL, or a record that passed its checksum but does not decode.
-    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<(Self, ReplayReport)> {
+    /// A bad storage setting, an unreachable object store, an unreadable manifest, or I/O
+    /// errors opening the WAL.
+    pub async fn open(dir: &Path, cfg: StoreConfig) -> Result<(Arc<Self>, ReplayReport)> {
+        let objects = crate::objstore::open(&cfg.storage, dir)?;
+        let tenant = DEFAULT_TENANT.to_string();
+        let manifest = Manifest::load(&objects, &tenant).await?;
+        crate::maintenance::remove_unlisted(&objects, &tenant, &manifest).await?;
+        let wal_id = wal_id(dir)?;
+        let skip_before = if manifest.wal_id == wal_id { manifest.wal_flushed_before } else { 0 };
         let head = Head::new();
         let metrics = StoreMetrics::default();
         // A record that passed its checksum but does not decode (a decoder bug, or a record of
         // a newer version) must not keep the collector from starting forever: it is set aside
         // in `wal-quarantine/` for inspection, reported, and counted; replay goes on.
         let quarantine = dir.join("wal-quarantine");
-        let (wal, report) = Wal::open(&dir.join("wal"), cfg.wal.clone(), |lsn, payload| {
-            if let Err(why) = replay_record(&head, payload) {
-                let path = quarantine.join(format!("{:020}-{:012}.rec", lsn.segment, lsn.offset));
-                let saved = std::fs::create_dir_all(&quarantine).and_then(|()| std::fs::write(&path, payload));
-                tracing::error!(segment = lsn.segment, offset = lsn.offset, error = %why, quarantined = %path.display(), saved = saved.is_ok(), "WAL record does not decode; its spans are not loaded");
-                metrics.replay_quarantined.inc();
-            }
-            Ok::<(), String>(())
-        })?;
+        let wal_dir = dir.join("wal");
+        let wal_opts = cfg.wal.clone();
+        let (wal, report, head, metrics) = tokio::task::spawn_blocking(move || {
+            let opened = Wal::open(&wal_dir, wal_opts, |lsn, payload| {
+                if lsn.segment < skip_before {
+                    // Already in a listed block: the flush that wrote it crashed before it
+                    // could truncate the WAL.
+                    metrics.replay_skipped.inc();
+                    return Ok(());
+                }
+                if let Err(why) = replay_record(&head, payload) {
+                    let path = quarantine.join(format!("{:020}-{:012}.rec", lsn.segment, lsn.offset));
+                    let saved = std::fs::create_dir_all(&quarantine).and_then(|()| std::fs::write(&path, payload));
+                    tracing::error!(segment = lsn.segment, offset = lsn.offset, error = %why, quarantined = %path.display(), saved = saved.is_ok(), "WAL record does not decode; its spans are not loaded");
+                    metrics.replay_quarantined.inc();
+                }
+                Ok::<(), String>(())
+            });
+            opened.map(|(wal, report)| (wal, report, head, metrics))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        if skip_before > 0 {
+            wal.truncate_before(skip_before)?;
+        }
+        let blocks: Vec<Arc<Block>> = manifest.blocks.iter().cloned().map(|m| Arc::new(Block::new(m))).collect();
         let permits =
             usize::try_from(cfg.max_inflight_bytes.div_ceil(1024)).unwrap_or(usize::MAX).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        Ok((Self { wal, head, cfg, metrics, inflight: tokio::sync::Semaphore::new(permits) }, report))
+        let store = Self {
+            wal,
+            state: RwLock::new(State { active: Arc::new(head), frozen: Vec::new(), blocks: Arc::new(blocks) }),
+            gate: tokio::sync::RwLock::new(()),
+            cfg,
+            objects,
+            tenant,
+            manifest: tokio::sync::Mutex::new(manifest),
+            wal_id,
+            metrics,
+            inflight: tokio::sync::Semaphore::new(permits),
+        };
+        Ok((Arc::new(store), report))
     }
 
     /// Validates, logs and stores a trace export. Returns once the spans are durable and
@@ -157,7 +256,8 @@ impl Store {
             return self.commit(payload, out.batch, &out.validated).await;
         }
         self.metrics.build_seconds.observe(t.elapsed());
-        if !self.head.all_present(&out.batch) {
+        let _gate = self.gate.read().await;
+        if !self.all_present(&out.batch) {
             self.wal.append_prefixed(RECORD_TRACES, body).await?;
         }
         self.insert(out.batch, &out.validated)
@@ -191,7 +291,7 @@ impl Store {
     }
 
     fn check_memory(&self) -> Result<()> {
-        let used = self.head.stats().bytes as u64;
+        let used = self.head_stats().bytes as u64;
         if used >= self.cfg.memory_limit {
             self.metrics.requests_refused_full.inc();
             return Err(Error::HeadFull { used, limit: self.cfg.memory_limit });
@@ -202,23 +302,150 @@ impl Store {
     /// Appends to the WAL, waits for durability, then makes the spans queryable. A retry of
     /// spans that are all stored already is acknowledged without logging them again: they are
     /// durable since their first delivery.
-    async fn commit(&self, payload: Vec<u8>, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
-        if !self.head.all_present(&batch) {
+    async fn commit(&self, payload: Vec<u8>, batch: RecordBatch, v: &Validated) -> Result<IngestOutcome> {
+        let _gate = self.gate.read().await;
+        if !self.all_present(&batch) {
             self.wal.append(payload).await?;
         }
         self.insert(batch, v)
     }
 
-    /// Makes durable spans queryable.
-    fn insert(&self, batch: arrow::array::RecordBatch, v: &Validated) -> Result<IngestOutcome> {
-        self.head.insert(batch)?;
+    /// Whether every span of `batch` is in a head already (a retry of acknowledged spans).
+    fn all_present(&self, batch: &RecordBatch) -> bool {
+        let st = self.state.read();
+        if st.frozen.is_empty() {
+            return st.active.all_present(batch);
+        }
+        let v = skein_columnar::spans::SpanView::new(batch);
+        (0..v.len()).all(|r| {
+            let (t, s) = (v.trace_id(r), v.span_id(r));
+            st.active.contains(&t, &s) || st.frozen.iter().any(|f| f.head.contains(&t, &s))
+        })
+    }
+
+    /// Makes durable spans queryable: inserts them into the active head, leaving out spans
+    /// that a head being flushed holds already. Called with the gate held.
+    fn insert(&self, batch: RecordBatch, v: &Validated) -> Result<IngestOutcome> {
+        let (active, frozen) = {
+            let st = self.state.read();
+            (Arc::clone(&st.active), st.frozen.iter().map(|f| Arc::clone(&f.head)).collect::<Vec<_>>())
+        };
+        let batch = if frozen.is_empty() {
+            batch
+        } else {
+            let view = skein_columnar::spans::SpanView::new(&batch);
+            let keep: arrow::array::BooleanArray = (0..view.len())
+                .map(|r| Some(!frozen.iter().any(|h| h.contains(&view.trace_id(r), &view.span_id(r)))))
+                .collect();
+            arrow::compute::filter_record_batch(&batch, &keep)?
+        };
+        active.insert(batch)?;
         self.metrics.spans_accepted.add(v.accepted as u64);
         Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
     }
 
-    /// The head, for queries.
-    pub fn head(&self) -> &Head {
-        &self.head
+    /// Swaps in an empty active head and starts a new WAL segment, so the old head's records
+    /// are exactly the segments before the new one. Waits for the ingests in flight (a WAL
+    /// group commit at most). Does nothing when the active head is empty.
+    ///
+    /// # Errors
+    /// The WAL could not start a new segment.
+    pub(crate) async fn freeze(&self) -> Result<bool> {
+        let _gate = self.gate.write().await;
+        if self.state.read().active.stats().rows == 0 {
+            return Ok(false);
+        }
+        let wal_before = self.wal.rotate()?;
+        let mut st = self.state.write();
+        let old = std::mem::replace(&mut st.active, Arc::new(Head::new()));
+        st.frozen.push(Frozen { head: old, wal_before });
+        Ok(true)
+    }
+
+    /// Everything stored now, as one consistent view.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.read();
+        let mut head = Vec::new();
+        for f in &st.frozen {
+            head.extend(f.head.snapshot());
+        }
+        head.extend(st.active.snapshot());
+        Snapshot { head, blocks: Arc::clone(&st.blocks) }
+    }
+
+    /// Every span of trace `id`, from the blocks and the heads, each span once.
+    ///
+    /// # Errors
+    /// A block that should hold spans of the trace could not be read.
+    pub async fn trace(&self, id: &TraceId) -> Result<Vec<SpanRecord>> {
+        let (heads, blocks) = {
+            let st = self.state.read();
+            let mut heads: Vec<Arc<Head>> = st.frozen.iter().map(|f| Arc::clone(&f.head)).collect();
+            heads.push(Arc::clone(&st.active));
+            (heads, Arc::clone(&st.blocks))
+        };
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for block in blocks.iter() {
+            for batch in block.read_trace(&self.objects, &id.0).await? {
+                let v = skein_columnar::spans::SpanView::new(&batch);
+                for r in 0..v.len() {
+                    if seen.insert(v.span_id(r)) {
+                        out.push(v.record(r));
+                    }
+                }
+            }
+        }
+        for head in heads {
+            for span in head.trace(id) {
+                if seen.insert(span.span_id.0) {
+                    out.push(span);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Service names in the heads and the blocks, sorted.
+    pub fn services(&self) -> Vec<String> {
+        self.operations_map().into_keys().collect()
+    }
+
+    /// (operation, span kind) pairs of a service, sorted.
+    pub fn operations(&self, service: &str) -> Vec<(String, i8)> {
+        self.operations_map().remove(service).map(|s| s.into_iter().collect()).unwrap_or_default()
+    }
+
+    fn operations_map(&self) -> BTreeMap<String, BTreeSet<(String, i8)>> {
+        let st = self.state.read();
+        let mut out: BTreeMap<String, BTreeSet<(String, i8)>> = BTreeMap::new();
+        let heads = st.frozen.iter().map(|f| &f.head).chain(std::iter::once(&st.active));
+        for ops in st.blocks.iter().map(|b| b.meta.operations.clone()).chain(heads.map(|h| h.operations_map())) {
+            for (service, pairs) in ops {
+                out.entry(service).or_default().extend(pairs);
+            }
+        }
+        out
+    }
+
+    /// Counters of the heads together (the active one and those being flushed).
+    pub fn head_stats(&self) -> HeadStats {
+        let st = self.state.read();
+        let mut total = st.active.stats();
+        for f in &st.frozen {
+            let s = f.head.stats();
+            total.rows += s.rows;
+            total.traces += s.traces;
+            total.batches += s.batches;
+            total.bytes += s.bytes;
+            total.duplicates += s.duplicates;
+        }
+        total
+    }
+
+    /// The object store blocks are kept in.
+    pub fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     /// Stops the WAL writer after the queued appends.
@@ -267,7 +494,14 @@ impl Store {
             "WAL records that passed their checksum but did not decode at start-up (set aside in wal-quarantine/).",
         );
         metrics::sample(out, "skein_wal_replay_quarantined_records_total", "", m.replay_quarantined.get());
-        let h = self.head.stats();
+        metrics::header(
+            out,
+            "skein_wal_replay_skipped_records_total",
+            "counter",
+            "WAL records skipped at start-up because a listed block already holds them.",
+        );
+        metrics::sample(out, "skein_wal_replay_skipped_records_total", "", m.replay_skipped.get());
+        let h = self.head_stats();
         metrics::header(out, "skein_head_rows", "gauge", "Spans in the head.");
         metrics::sample(out, "skein_head_rows", "", h.rows);
         metrics::header(out, "skein_head_traces", "gauge", "Distinct traces in the head.");
@@ -278,8 +512,28 @@ impl Store {
         metrics::sample(out, "skein_head_memory_limit_bytes", "", self.cfg.memory_limit);
         metrics::header(out, "skein_head_duplicate_spans_total", "counter", "Duplicate spans (retries) dropped on insert.");
         metrics::sample(out, "skein_head_duplicate_spans_total", "", h.duplicates);
+        self.render_storage_metrics(out);
         self.wal.render_metrics(out);
     }
+}
+
+/// The identity of the WAL in `dir`, created with it: the manifest records which WAL its
+/// `wal_flushed_before` refers to, so a new, empty WAL over an existing bucket skips nothing.
+fn wal_id(dir: &Path) -> Result<String> {
+    let path = dir.join("wal.id");
+    let io = |op, source| Error::Io { op, path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading", e)),
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    let id = crate::maintenance::unique_id();
+    let tmp = dir.join("wal.id.tmp");
+    std::fs::write(&tmp, &id).and_then(|()| std::fs::File::open(&tmp)?.sync_all()).map_err(|e| io("writing", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("writing", e))?;
+    Ok(id)
 }
 
 fn replay_record(head: &Head, payload: &[u8]) -> std::result::Result<(), String> {
@@ -302,7 +556,13 @@ mod tests {
     use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn cfg(limit: u64) -> StoreConfig {
-        StoreConfig { memory_limit: limit, limits: Limits::default(), wal: WalOptions::default(), max_inflight_bytes: 64 << 20 }
+        StoreConfig {
+            memory_limit: limit,
+            limits: Limits::default(),
+            wal: WalOptions::default(),
+            max_inflight_bytes: 64 << 20,
+            storage: StorageConfig::default(),
+        }
     }
 
     fn req(t: u8, ids: &[u8], bad: usize) -> ExportTraceServiceRequest {
@@ -333,17 +593,17 @@ mod tests {
     async fn acked_spans_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).await.unwrap();
             let o = s.ingest_traces(req(1, &[1, 2, 3], 1)).await.unwrap();
             assert_eq!((o.accepted, o.rejected), (3, 1));
             assert!(o.message.contains("trace id must be 16 bytes"), "{}", o.message);
             s.ingest_traces(req(1, &[3, 4], 0)).await.unwrap();
-            assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 4);
+            assert_eq!(s.trace(&TraceId([1; 16])).await.unwrap().len(), 4);
             s.close();
         }
-        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).await.unwrap();
         assert_eq!(report.records, 2);
-        assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 4);
+        assert_eq!(s.trace(&TraceId([1; 16])).await.unwrap().len(), 4);
         let mut text = String::new();
         s.render_metrics(&mut text);
         assert!(text.contains("skein_head_rows 4"), "{text}");
@@ -353,17 +613,17 @@ mod tests {
     async fn an_undecodable_record_is_quarantined_and_replay_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+            let (s, _) = Store::open(dir.path(), cfg(1 << 30)).await.unwrap();
             s.ingest_traces(req(1, &[1], 0)).await.unwrap();
             // a record with a valid checksum whose body is not a request (as a decoder bug would leave)
             s.wal.append(vec![RECORD_TRACES, 0x0a, 0xff]).await.unwrap();
             s.ingest_traces(req(2, &[1], 0)).await.unwrap();
             s.close();
         }
-        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).unwrap();
+        let (s, report) = Store::open(dir.path(), cfg(1 << 30)).await.unwrap();
         assert_eq!(report.records, 3);
-        assert_eq!(s.head().trace(&TraceId([1; 16])).len(), 1);
-        assert_eq!(s.head().trace(&TraceId([2; 16])).len(), 1);
+        assert_eq!(s.trace(&TraceId([1; 16])).await.unwrap().len(), 1);
+        assert_eq!(s.trace(&TraceId([2; 16])).await.unwrap().len(), 1);
         let saved: Vec<_> = std::fs::read_dir(dir.path().join("wal-quarantine")).unwrap().collect();
         assert_eq!(saved.len(), 1);
         let mut text = String::new();
@@ -374,13 +634,13 @@ mod tests {
     #[tokio::test]
     async fn all_invalid_is_an_error_and_full_head_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(dir.path(), cfg(1)).unwrap();
+        let (s, _) = Store::open(dir.path(), cfg(1)).await.unwrap();
         let e = s.ingest_traces(req(1, &[], 2)).await.unwrap_err();
         assert_eq!(e.code(), skein_core::ErrorCode::BadRequest);
         // the first request fits (the head was empty), the second finds it over the 1-byte limit
         s.ingest_traces(req(1, &[1], 0)).await.unwrap();
         let e = s.ingest_traces(req(2, &[1], 0)).await.unwrap_err();
         assert_eq!(e.code(), skein_core::ErrorCode::ResourceExhausted);
-        assert!(s.head().trace(&TraceId([2; 16])).is_empty());
+        assert!(s.trace(&TraceId([2; 16])).await.unwrap().is_empty());
     }
 }

@@ -1,0 +1,102 @@
+//! Encoding spans as a block: one Parquet file, sorted by trace id (then start time), zstd,
+//! with page statistics on every column and a bloom filter on `trace_id`.
+
+use crate::config::BlockConfig;
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use skein_columnar::spans::{SpanView, schema};
+use std::collections::HashSet;
+
+/// A block's bytes and what the manifest needs to know about them.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The Parquet file.
+    pub bytes: Vec<u8>,
+    /// Spans written (duplicates dropped).
+    pub rows: u64,
+    /// Duplicate spans (same trace and span id) dropped.
+    pub duplicates: u64,
+    /// Earliest span start (Unix ns).
+    pub min_start_ns: i64,
+    /// Latest span start (Unix ns).
+    pub max_start_ns: i64,
+    /// Latest span end (Unix ns).
+    pub max_end_ns: i64,
+}
+
+/// Rows handed to the Parquet writer at once: small enough that the sorted copy of the input
+/// never exists whole in memory.
+const CHUNK_ROWS: usize = 8192;
+
+fn properties(cfg: &BlockConfig, traces: u64) -> Result<WriterProperties, ParquetError> {
+    let trace_id = ColumnPath::from("trace_id");
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(cfg.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(cfg.page_rows.max(1))
+        .set_write_batch_size(cfg.page_rows.clamp(1, 1024))
+        // Span ids are random: a dictionary only costs space.
+        .set_column_dictionary_enabled(ColumnPath::from("span_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("parent_span_id"), false)
+        .set_column_bloom_filter_enabled(trace_id.clone(), true)
+        .set_column_bloom_filter_fpp(trace_id.clone(), 0.01)
+        .set_column_bloom_filter_max_ndv(trace_id, traces.clamp(1, cfg.row_group_rows.max(1) as u64))
+        .build())
+}
+
+/// Encodes the spans of `batches` (of the `spans` schema) as one block. Spans that repeat a
+/// (trace id, span id) pair already written are dropped, so a block never holds a retry twice.
+///
+/// # Errors
+/// Encoding failed (a bug for well-formed batches) or the zstd level is out of range.
+pub fn encode(batches: &[&RecordBatch], cfg: &BlockConfig) -> Result<Encoded, ParquetError> {
+    // (trace id, start, span id, batch, row), sorted: the sort key of the block plus where the
+    // row is. 40 bytes a span, against ~500 for the span itself.
+    let mut keys: Vec<(u128, i64, u64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    let (mut min_start, mut max_start, mut max_end) = (i64::MAX, i64::MIN, i64::MIN);
+    for (b, batch) in batches.iter().enumerate() {
+        let v = SpanView::new(batch);
+        for r in 0..v.len() {
+            let start = v.start(r);
+            min_start = min_start.min(start);
+            max_start = max_start.max(start);
+            max_end = max_end.max(v.end(r));
+            keys.push((u128::from_be_bytes(v.trace_id(r)), start, u64::from_be_bytes(v.span_id(r)), b as u32, r as u32));
+        }
+    }
+    keys.sort_unstable();
+    let mut traces = 0u64;
+    let mut duplicates = 0u64;
+    let mut kept: Vec<(usize, usize)> = Vec::with_capacity(keys.len());
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut current: Option<u128> = None;
+    for &(t, _, s, b, r) in &keys {
+        if current != Some(t) {
+            current = Some(t);
+            traces += 1;
+            seen.clear();
+        }
+        if seen.insert(s) {
+            kept.push((b as usize, r as usize));
+        } else {
+            duplicates += 1;
+        }
+    }
+    drop(keys);
+    let props = properties(cfg, traces / (kept.len().div_ceil(cfg.row_group_rows.max(1)) as u64).max(1))?;
+    let mut w = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
+    for chunk in kept.chunks(CHUNK_ROWS) {
+        let part = arrow::compute::interleave_record_batch(batches, chunk)?;
+        w.write(&part)?;
+    }
+    let bytes = w.into_inner()?;
+    if kept.is_empty() {
+        (min_start, max_start, max_end) = (0, 0, 0);
+    }
+    Ok(Encoded { bytes, rows: kept.len() as u64, duplicates, min_start_ns: min_start, max_start_ns: max_start, max_end_ns: max_end })
+}
