@@ -6,6 +6,7 @@
 
 pub mod assemble;
 pub mod dependencies;
+pub mod engine;
 pub mod jaeger;
 pub mod search;
 pub mod summary;

@@ -42,7 +42,7 @@ mod tests;
 
 pub use build::{build, node_of, service_of};
 pub use protobuf::WireReason;
-pub use view::{DictStr, SpanView, find_attr};
+pub use view::{DictStr, SpanView, find_attr, resource_attributes};
 pub use wire::{WireError, WireOutcome, build_from_protobuf};
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -96,7 +96,8 @@ pub fn resource_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Binary))
 }
 
-fn map_entries() -> Arc<Field> {
+/// The entries field of [`map_type`].
+pub fn map_entries() -> Arc<Field> {
     Arc::new(Field::new(
         "entries",
         DataType::Struct(Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Utf8, true)])),

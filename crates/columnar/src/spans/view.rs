@@ -82,6 +82,22 @@ impl<'a> ResourceDict<'a> {
     }
 }
 
+/// The attributes of an encoded resource (a value of the `resource` column) with their
+/// display strings, as the `attributes` map holds them. Bytes that do not decode read as a
+/// resource without attributes.
+pub fn resource_attributes(bytes: &[u8]) -> Vec<(String, String)> {
+    Resource::decode(bytes)
+        .unwrap_or_default()
+        .attributes
+        .into_iter()
+        .map(|kv| {
+            let mut text = Vec::new();
+            value::render(kv.value.as_ref(), &mut text);
+            (kv.key, String::from_utf8(text).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        })
+        .collect()
+}
+
 /// Typed access to the columns of one `spans` batch.
 pub struct SpanView<'a> {
     /// The batch being read.

@@ -1,0 +1,192 @@
+//! The `spans_raw` table provider: the head batches and the listed blocks of one store
+//! snapshot as one DataFusion table, and the `resource_attributes` function that turns the
+//! stored resource encoding into a map.
+
+use arrow::array::{Array, ArrayBuilder, ArrayRef, AsArray, MapArray, RecordBatch, StringBuilder, StructArray};
+use arrow::buffer::OffsetBuffer;
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDFImpl, Signature, TableProviderFilterPushDown, TableType,
+    Volatility,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use skein_columnar::spans::{map_entries, map_type, resource_attributes, resource_type, schema};
+use skein_storage::Snapshot;
+use std::sync::Arc;
+
+/// Which part of a snapshot a table reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Heads and blocks: what SQL sees.
+    All,
+    /// Blocks only: search reads the heads with its own scan.
+    Blocks,
+}
+
+/// The `spans` schema over one snapshot of heads and blocks.
+pub struct SpansTable {
+    snapshot: Snapshot,
+    url: ObjectStoreUrl,
+    part: Part,
+}
+
+impl std::fmt::Debug for SpansTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpansTable").field("blocks", &self.snapshot.blocks.len()).field("part", &self.part).finish()
+    }
+}
+
+impl SpansTable {
+    /// A table over `snapshot`, whose blocks are in the object store registered as `url`.
+    pub fn new(snapshot: Snapshot, url: ObjectStoreUrl, part: Part) -> Self {
+        Self { snapshot, url, part }
+    }
+}
+
+/// The `[from, to]` range of span start times the filters allow, for pruning blocks by the
+/// manifest before any file is opened.
+fn start_range(filters: &[Expr]) -> (i64, i64) {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for f in filters {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else { continue };
+        let (col_left, other, op) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), other) if c.name == "start_time" => (true, other, *op),
+            (other, Expr::Column(c)) if c.name == "start_time" => (false, other, *op),
+            _ => continue,
+        };
+        let Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _) = other else { continue };
+        // Normalise to `start_time <op> v`.
+        let op = if col_left { op } else { op.swap().unwrap_or(op) };
+        match op {
+            Operator::Gt | Operator::GtEq => lo = lo.max(*v),
+            Operator::Lt | Operator::LtEq => hi = hi.min(*v),
+            Operator::Eq => {
+                lo = lo.max(*v);
+                hi = hi.min(*v);
+            }
+            _ => {}
+        }
+    }
+    (lo, hi)
+}
+
+#[async_trait]
+impl TableProvider for SpansTable {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used to prune blocks, row groups and pages; DataFusion still applies each filter.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(&self, state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = schema();
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if self.part == Part::All && !self.snapshot.head.is_empty() {
+            let batches: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.as_ref().clone()).collect();
+            // One partition per core's share of batches, so the head is scanned in parallel.
+            let parts = state.config().target_partitions().max(1);
+            let per = batches.len().div_ceil(parts).max(1);
+            let partitions: Vec<Vec<RecordBatch>> = batches.chunks(per).map(<[RecordBatch]>::to_vec).collect();
+            let mem = MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+        let (lo, hi) = start_range(filters);
+        let files: Vec<PartitionedFile> = self
+            .snapshot
+            .blocks
+            .iter()
+            .filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi)
+            .map(|b| PartitionedFile::new(b.meta.path.clone(), b.meta.bytes))
+            .collect();
+        if !files.is_empty() {
+            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+            let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(state.default_table_options().parquet);
+            if let Some(e) = conjunction(filters.iter().cloned()) {
+                source = source.with_predicate(state.create_physical_expr(e, &df_schema)?);
+            }
+            let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
+            let conf = FileScanConfigBuilder::new(self.url.clone(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(conf));
+        }
+        if inputs.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(datafusion::physical_plan::project_schema(&schema, projection)?)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// `resource_attributes(resource)`: the stored resource encoding as a `Map<Utf8, Utf8>` of its
+/// attributes (values as display strings, like `attributes`). Each distinct resource of a
+/// batch is decoded once.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ResourceAttributes {
+    signature: Signature,
+}
+
+impl Default for ResourceAttributes {
+    fn default() -> Self {
+        Self { signature: Signature::exact(vec![resource_type()], Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for ResourceAttributes {
+    fn name(&self) -> &str {
+        "resource_attributes"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(map_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(arg) = args.args.first() else {
+            return Err(datafusion::common::DataFusionError::Plan("resource_attributes takes one argument".into()));
+        };
+        let array = arg.to_array(args.number_rows)?;
+        let dict = array.as_dictionary_opt::<Int32Type>().ok_or_else(|| {
+            datafusion::common::DataFusionError::Plan(format!("resource_attributes expects the resource column, got {}", array.data_type()))
+        })?;
+        let values = dict.values().as_binary::<i32>();
+        let (mut keys, mut vals) = (StringBuilder::new(), StringBuilder::new());
+        let mut offsets = vec![0i32];
+        for i in 0..values.len() {
+            for (k, v) in resource_attributes(values.value(i)) {
+                keys.append_value(k);
+                vals.append_value(v);
+            }
+            offsets.push(keys.len() as i32);
+        }
+        let DataType::Struct(fields) = map_entries().data_type().clone() else {
+            return Err(datafusion::common::DataFusionError::Internal("map entries are not a struct".into()));
+        };
+        let entries = StructArray::try_new(fields, vec![Arc::new(keys.finish()) as ArrayRef, Arc::new(vals.finish()) as ArrayRef], None)?;
+        let per_resource = MapArray::try_new(map_entries(), OffsetBuffer::new(offsets.into()), entries, None, false)?;
+        let out = arrow::compute::take(&per_resource, dict.keys(), None)?;
+        Ok(ColumnarValue::Array(out))
+    }
+}

@@ -1,0 +1,150 @@
+//! SQL over a real store: heads and blocks together, read-only enforcement, errors.
+
+use super::*;
+use serde_json::Value;
+use skein_otlp::ExportTraceServiceRequest;
+use skein_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
+use skein_otlp::proto::resource::v1::Resource;
+use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+fn kv(k: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+/// Trace `t`: a frontend server span on node web-`t` calling an api span on node api-1.
+fn trace(t: u8, error: bool) -> ExportTraceServiceRequest {
+    let now = 1_700_000_000_000_000_000u64 + u64::from(t) * 1_000_000;
+    let rs = |service: &str, node: &str, spans: Vec<Span>| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", any_value::Value::StringValue(service.into())), kv("host.name", any_value::Value::StringValue(node.into()))],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+        ..Default::default()
+    };
+    let root = Span {
+        trace_id: vec![t; 16],
+        span_id: vec![1; 8],
+        name: "GET /cart".into(),
+        kind: 2,
+        start_time_unix_nano: now,
+        end_time_unix_nano: now + 10_000_000,
+        attributes: vec![kv("http.route", any_value::Value::StringValue("/cart".into())), kv("http.response.status_code", any_value::Value::IntValue(200))],
+        ..Default::default()
+    };
+    let child = Span {
+        trace_id: vec![t; 16],
+        span_id: vec![2; 8],
+        parent_span_id: vec![1; 8],
+        name: "SELECT cart".into(),
+        kind: 3,
+        start_time_unix_nano: now + 1_000_000,
+        end_time_unix_nano: now + 1_000_000 + u64::from(t) * 100_000,
+        status: error.then(|| Status { code: 2, message: "boom".into() }),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest { resource_spans: vec![rs("frontend", &format!("web-{t}"), vec![root]), rs("api", "api-1", vec![child])] }
+}
+
+async fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = skein_storage::StoreConfig {
+        memory_limit: 1 << 30,
+        limits: skein_otlp::Limits::default(),
+        wal: skein_wal::WalOptions::default(),
+        max_inflight_bytes: 64 << 20,
+        storage: skein_storage::StorageConfig::default(),
+    };
+    let (store, _) = Store::open(dir.path(), cfg).await.unwrap();
+    // half the traces in a block, half in the head
+    for t in 1..=10u8 {
+        store.ingest_traces(trace(t, t % 5 == 0)).await.unwrap();
+        if t == 5 {
+            store.flush_now().await.unwrap();
+        }
+    }
+    assert_eq!(store.snapshot().blocks.len(), 1);
+    let limits = SqlLimits { timeout: Duration::from_secs(30), memory: 256 << 20, max_rows: 1000 };
+    (dir, Engine::new(store, limits))
+}
+
+async fn rows(e: &Engine, q: &str) -> Vec<Value> {
+    let a = e.sql(q).await.unwrap_or_else(|err| panic!("{q}: {err}"));
+    to_json(&a)["rows"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_over_head_and_blocks() {
+    let (_dir, e) = engine().await;
+    let r = rows(&e, "SELECT service_name, status_code, count(*) AS n FROM spans GROUP BY 1, 2 ORDER BY 1, 2").await;
+    assert_eq!(r, vec![serde_json::json!(["api", 0, 8]), serde_json::json!(["api", 2, 2]), serde_json::json!(["frontend", 0, 10])]);
+
+    let r = rows(&e, "SELECT name, approx_percentile_cont(duration_ns, 0.99) AS p99 FROM spans GROUP BY name ORDER BY name").await;
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0][0], "GET /cart");
+    assert_eq!(r[0][1].as_f64(), Some(10_000_000.0));
+    let r = rows(&e, "SELECT approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ns) FROM spans WHERE service_name = 'api'").await;
+    assert!(r[0][0].as_f64().unwrap() >= 500_000.0, "{r:?}");
+
+    // parent and child on different nodes: a self-join
+    let r = rows(
+        &e,
+        "SELECT p.node, c.node, count(*) FROM spans c JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id \
+         WHERE p.node <> c.node GROUP BY 1, 2 ORDER BY 1 LIMIT 3",
+    )
+    .await;
+    assert_eq!(r[0], serde_json::json!(["web-1", "api-1", 1]));
+
+    // attribute maps, typed values as display strings, resource attributes, ids in hex
+    let r = rows(
+        &e,
+        "SELECT trace_id, span_id, attributes['http.route'], attributes['http.response.status_code'], resource_attributes['host.name'] \
+         FROM spans WHERE attributes['http.route'] = '/cart' AND node = 'web-7'",
+    )
+    .await;
+    assert_eq!(r, vec![serde_json::json!(["07070707070707070707070707070707", "0101010101010101", "/cart", "200", "web-7"])]);
+    let r = rows(&e, "SELECT count(*) FROM spans WHERE trace_id = X'03030303030303030303030303030303'").await;
+    assert_eq!(r[0][0], 2);
+    let r = rows(&e, "SELECT start_time, end_time FROM spans WHERE span_id = X'0101010101010101' ORDER BY start_time LIMIT 1").await;
+    assert_eq!(r[0], serde_json::json!([1_700_000_000_001_000_000i64, 1_700_000_000_011_000_000i64]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_statements_and_errors_say_what_is_wrong() {
+    let (_dir, e) = engine().await;
+    for (q, want) in [
+        ("CREATE TABLE t AS SELECT 1", "read-only: DDL"),
+        ("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc'", "read-only: DDL"),
+        ("DROP VIEW spans", "read-only: DDL"),
+        ("INSERT INTO spans_raw SELECT * FROM spans_raw", "read-only: DML"),
+        ("COPY (SELECT 1) TO '/tmp/x.csv'", "read-only: DML"),
+        ("SET datafusion.execution.batch_size = 1", "read-only: this statement"),
+        ("SELECT * FROM '/etc/passwd'", "file and URL tables are not available"),
+        ("SELECT * FROM read_parquet('/tmp/x.parquet')", "file and URL tables are not available"),
+        ("SELECT * FROM generate_series(1, 1000000000000)", "file and URL tables are not available"),
+        ("SELECT nosuch FROM spans", "nosuch"),
+        ("SELECT count(*) FROM spans WHERE name = = 'x'", "found: = at Line: 1, Column: 41"),
+        ("SELECT count(*)\nFROM spans WHERE", "end of the statement (line 2, column 17)"),
+        ("SELEC 1", "SELEC"),
+    ] {
+        let err = e.sql(q).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{q}: {err}");
+        assert!(err.message.contains(want), "{q}: {}", err.message);
+    }
+    let err = e.sql("SELECT nosuch FROM spans").await.unwrap_err();
+    assert!(err.message.contains("line 1, column 8"), "{}", err.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits() {
+    let (dir, e) = engine().await;
+    let small = Engine::new(Arc::clone(&e.store), SqlLimits { max_rows: 3, ..e.limits });
+    let a = small.sql("SELECT span_id FROM spans").await.unwrap();
+    let j = to_json(&a);
+    assert_eq!(j["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(j["truncated"], true);
+    let tiny = Engine::new(Arc::clone(&e.store), SqlLimits { memory: 1024, ..e.limits });
+    let err = tiny.sql("SELECT trace_id, span_id, name FROM spans ORDER BY name, span_id").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ResourceExhausted, "{err}");
+    drop(dir);
+}
