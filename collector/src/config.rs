@@ -79,11 +79,23 @@ pub struct QueryConfig {
     pub addr: String,
     /// Largest clock-skew correction `?adjust=skew` applies; larger ones are reported, not applied.
     pub max_clock_skew_adjustment: Duration,
+    /// Time limit of one SQL query (`POST /api/v1/sql`).
+    pub sql_timeout: Duration,
+    /// Memory limit of one SQL query's operators (sorts, aggregations, joins).
+    pub sql_memory_limit: ByteSize,
+    /// Rows one SQL answer returns at most (`"truncated": true` when cut).
+    pub sql_max_rows: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { addr: "0.0.0.0:16686".into(), max_clock_skew_adjustment: Duration::secs(60) }
+        Self {
+            addr: "0.0.0.0:16686".into(),
+            max_clock_skew_adjustment: Duration::secs(60),
+            sql_timeout: Duration::secs(30),
+            sql_memory_limit: ByteSize::mib(512),
+            sql_max_rows: 10_000,
+        }
     }
 }
 

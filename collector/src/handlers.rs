@@ -6,7 +6,8 @@ use skein_core::query::{SearchParams, TraceOptions};
 use skein_core::{ErrorCode, TraceId};
 use skein_otlp::ExportTraceServiceRequest;
 use skein_query::assemble::{AssembleOptions, assemble};
-use skein_server::{ApiError, BoxFuture, ExportOutcome, Ops, QueryService, TraceIngest};
+use skein_query::engine::{Engine, QueryError, SqlLimits};
+use skein_server::{ApiError, BoxFuture, ExportOutcome, Ops, QueryService, SqlOutput, TraceIngest};
 use skein_storage::Store;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,6 +18,8 @@ const HEAD_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The collector's engine behind the HTTP and gRPC front.
 pub struct Collector {
     store: OnceLock<Arc<Store>>,
+    engine: OnceLock<Engine>,
+    sql_limits: SqlLimits,
     failed: OnceLock<String>,
     max_skew_ns: i64,
 }
@@ -24,12 +27,32 @@ pub struct Collector {
 impl Collector {
     pub fn new(cfg: &CollectorConfig) -> Self {
         let max_skew_ns = i64::try_from(cfg.query.max_clock_skew_adjustment.0.as_nanos()).unwrap_or(i64::MAX);
-        Self { store: OnceLock::new(), failed: OnceLock::new(), max_skew_ns }
+        let sql_limits = SqlLimits {
+            timeout: cfg.query.sql_timeout.into(),
+            memory: usize::try_from(cfg.query.sql_memory_limit.bytes()).unwrap_or(usize::MAX),
+            max_rows: cfg.query.sql_max_rows,
+        };
+        Self { store: OnceLock::new(), engine: OnceLock::new(), sql_limits, failed: OnceLock::new(), max_skew_ns }
     }
 
     /// Marks the store as opened (WAL replayed): from now on the collector is ready.
     pub fn set_store(&self, store: Arc<Store>) {
+        let _ = self.engine.set(Engine::new(Arc::clone(&store), self.sql_limits));
         let _ = self.store.set(store);
+    }
+
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.ready_store()?;
+        self.engine.get().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "collector is starting"))
+    }
+
+    /// Trace ids matching `q` in the heads and the blocks, newest first.
+    fn matching(&self, q: &SearchParams) -> Result<Vec<TraceId>, ApiError> {
+        let store = self.ready_store()?;
+        let snapshot = store.snapshot();
+        let head = skein_query::search::matching_traces_with_time(&snapshot.head, q);
+        let blocks = block_on(self.engine()?.search_blocks(snapshot, q)).map_err(query_error)?;
+        Ok(skein_query::search::merge_matches(head, blocks, q.limit))
     }
 
     /// Records that opening the store failed, so /readyz says why.
@@ -67,6 +90,10 @@ fn spans_of(store: &Store, id: &TraceId) -> Result<Vec<skein_columnar::SpanRecor
     block_on(store.trace(id)).map_err(api_error)
 }
 
+fn query_error(e: QueryError) -> ApiError {
+    ApiError::new(e.code, e.message)
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding answer: {e}")))
 }
@@ -101,7 +128,7 @@ impl QueryService for Collector {
 
     fn search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let store = self.ready_store()?;
-        let ids = skein_query::search::matching_traces(&store.snapshot().head, q);
+        let ids = self.matching(q)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.push(skein_query::summary::summarize(id, &spans_of(store, &id)?));
@@ -123,14 +150,28 @@ impl QueryService for Collector {
         Ok((!spans.is_empty()).then(|| skein_query::jaeger::to_jaeger(id, &spans)))
     }
 
+    fn sql(&self, query: &str, arrow: bool) -> Result<SqlOutput, ApiError> {
+        self.run_sql(query, arrow)
+    }
+
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
         Ok(skein_query::dependencies::dependencies(&self.ready_store()?.snapshot().head, start_ns, end_ns))
     }
 
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let store = self.ready_store()?;
-        let ids = skein_query::search::matching_traces(&store.snapshot().head, q);
+        let ids = self.matching(q)?;
         ids.into_iter().map(|id| Ok(skein_query::jaeger::to_jaeger(id, &spans_of(store, &id)?))).collect()
+    }
+}
+
+impl Collector {
+    fn run_sql(&self, query: &str, arrow: bool) -> Result<SqlOutput, ApiError> {
+        let answer = block_on(self.engine()?.sql(query)).map_err(query_error)?;
+        if arrow {
+            return skein_query::engine::to_ipc(&answer).map(SqlOutput::Arrow).map_err(query_error);
+        }
+        Ok(SqlOutput::Json(skein_query::engine::to_json(&answer)))
     }
 }
 

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A filter on a pseudo-tag that Jaeger clients send for fields that are not attributes.
-enum TagFilter<'a> {
+pub(crate) enum TagFilter<'a> {
     Status(i8, bool),
     Kind(i8),
     Attr(&'a str, &'a str),
 }
 
-fn tag_filter<'a>(k: &'a str, v: &'a str) -> TagFilter<'a> {
+pub(crate) fn tag_filter<'a>(k: &'a str, v: &'a str) -> TagFilter<'a> {
     match (k, v.to_ascii_lowercase().as_str()) {
         ("error", "true") => TagFilter::Status(2, true),
         ("error", "false") => TagFilter::Status(2, false),
@@ -42,9 +42,14 @@ fn dict_key(col: &DictStr<'_>, want: Option<&str>) -> Result<Option<i32>, ()> {
     (0..dict.len()).find(|&i| dict.value(i) == want).map(|i| Some(i as i32)).ok_or(())
 }
 
-/// Trace ids matching `q`, each with the start time of its latest matching span, newest
-/// first, at most `q.limit` of them. `batches` is a head snapshot (oldest first).
+/// Trace ids matching `q`, newest first, at most `q.limit` of them. `batches` is a head
+/// snapshot (oldest first).
 pub fn matching_traces(batches: &[Arc<RecordBatch>], q: &SearchParams) -> Vec<TraceId> {
+    matching_traces_with_time(batches, q).into_iter().map(|(t, _)| TraceId(t)).collect()
+}
+
+/// As [`matching_traces`], each with the start time of its latest matching span.
+pub fn matching_traces_with_time(batches: &[Arc<RecordBatch>], q: &SearchParams) -> Vec<([u8; 16], i64)> {
     let tags: Vec<TagFilter<'_>> = q.attributes.iter().map(|(k, v)| tag_filter(k, v)).collect();
     let mut found: HashMap<[u8; 16], i64> = HashMap::new();
     for batch in batches.iter().rev() {
@@ -87,6 +92,20 @@ pub fn matching_traces(batches: &[Arc<RecordBatch>], q: &SearchParams) -> Vec<Tr
     let mut list: Vec<([u8; 16], i64)> = found.into_iter().collect();
     list.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     list.truncate(q.limit);
+    list
+}
+
+/// Merges the matches of the heads and of the blocks: a trace in both keeps its latest
+/// time; newest first, at most `limit`.
+pub fn merge_matches(a: Vec<([u8; 16], i64)>, b: Vec<([u8; 16], i64)>, limit: usize) -> Vec<TraceId> {
+    let mut all: HashMap<[u8; 16], i64> = HashMap::with_capacity(a.len() + b.len());
+    for (t, s) in a.into_iter().chain(b) {
+        let e = all.entry(t).or_insert(s);
+        *e = (*e).max(s);
+    }
+    let mut list: Vec<([u8; 16], i64)> = all.into_iter().collect();
+    list.sort_unstable_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    list.truncate(limit);
     list.into_iter().map(|(t, _)| TraceId(t)).collect()
 }
 

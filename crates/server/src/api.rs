@@ -1,6 +1,6 @@
 //! The native query API under `/api/v1` (ARCHITECTURE §6).
 
-use crate::QueryService;
+use crate::{QueryService, SqlOutput};
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
 use crate::params::{self, Params};
@@ -42,6 +42,7 @@ pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) 
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
         .route("/api/v1/dependencies", get(dependencies))
+        .route("/api/v1/sql", axum::routing::post(sql))
         .with_state(QState { query, metrics })
 }
 
@@ -107,4 +108,22 @@ async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Resu
         .map(|d| json!({"parent": d.parent, "child": d.child, "call_count": d.call_count, "error_count": d.error_count}))
         .collect();
     Ok(Json(json!({ "dependencies": deps })))
+}
+
+/// `POST /api/v1/sql` with `{"query": "..."}`; `Accept: application/vnd.apache.arrow.stream`
+/// for Arrow IPC instead of JSON.
+async fn sql(State(st): State<QState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e} (expected {{\"query\": \"SELECT ...\"}})")))?;
+    let Some(query) = v.get("query").and_then(Value::as_str).map(str::to_string) else {
+        return Err(ApiError::bad_request("request body has no string field \"query\" (expected {\"query\": \"SELECT ...\"})"));
+    };
+    let arrow = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .any(|h| h.split(',').any(|t| t.trim().split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case(crate::ARROW_STREAM))));
+    match blocking(&st, "sql", move |q| q.sql(&query, arrow)).await? {
+        SqlOutput::Json(v) => Ok(Json(v).into_response()),
+        SqlOutput::Arrow(bytes) => Ok(([(axum::http::header::CONTENT_TYPE, crate::ARROW_STREAM)], bytes).into_response()),
+    }
 }

@@ -20,6 +20,9 @@ pub use ingest::otlp_http_router;
 pub use ops::ServerMetrics;
 pub use params::parse_go_duration;
 
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
 use serde_json::Value;
 use skein_core::TraceId;
 use skein_core::query::{Dependency, SearchParams, TraceOptions};
@@ -96,6 +99,22 @@ pub trait QueryService: Send + Sync + 'static {
     /// # Errors
     /// Engine failures.
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<Dependency>, ApiError>;
+    /// Runs one read-only SQL statement. `arrow` asks for an Arrow IPC stream instead of the
+    /// JSON `{"columns", "rows", "truncated"}`.
+    ///
+    /// # Errors
+    /// `BadRequest` naming the problem (syntax with its position, unknown names, refused
+    /// statements), `Timeout`, `ResourceExhausted` past the memory limit.
+    fn sql(&self, query: &str, arrow: bool) -> Result<SqlOutput, ApiError>;
+}
+
+/// The answer of a SQL query.
+#[derive(Debug)]
+pub enum SqlOutput {
+    /// `{"columns": [...], "rows": [[...]], "truncated": bool}`.
+    Json(Value),
+    /// An Arrow IPC stream.
+    Arrow(Vec<u8>),
 }
 
 /// Liveness, readiness and self-metrics.

@@ -39,6 +39,12 @@ impl FakeIngest {
 struct FakeQuery;
 
 impl QueryService for FakeQuery {
+    fn sql(&self, query: &str, arrow: bool) -> Result<crate::SqlOutput, ApiError> {
+        if arrow {
+            return Ok(crate::SqlOutput::Arrow(query.as_bytes().to_vec()));
+        }
+        Ok(crate::SqlOutput::Json(serde_json::json!({"columns": [], "rows": [[query]]})))
+    }
     fn trace(&self, id: TraceId, _: TraceOptions) -> Result<Option<Value>, ApiError> {
         Ok((id.0[0] == 1).then(|| serde_json::json!({"trace_id": id.to_hex()})))
     }
@@ -208,4 +214,28 @@ async fn dependencies_in_both_apis() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _, _) = send(query(), Request::get("/api/v1/dependencies?start=5&end=1").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn sql_endpoint_negotiates_json_or_arrow_and_checks_the_body() {
+    let sql = |body: &str, accept: Option<&str>| {
+        let mut r = Request::post("/api/v1/sql").header("content-type", "application/json");
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        r.body(Body::from(body.to_string())).unwrap()
+    };
+    let (s, h, b) = send(query(), sql(r#"{"query": "SELECT 1"}"#, None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["rows"][0][0], "SELECT 1");
+    let (s, h, b) = send(query(), sql(r#"{"query": "SELECT 2"}"#, Some("text/plain, application/vnd.apache.arrow.stream;q=0.9"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], crate::ARROW_STREAM);
+    assert_eq!(b, b"SELECT 2");
+    for (body, want) in [("not json", "not JSON"), (r#"{"sql": "x"}"#, "no string field \\\"query\\\"")] {
+        let (s, _, b) = send(query(), sql(body, None)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&b).contains(want), "{}", String::from_utf8_lossy(&b));
+    }
 }

@@ -15,6 +15,7 @@
 //! table is registered, and `generate_series`/`range` are removed.
 
 mod json;
+mod search;
 pub mod table;
 
 pub use json::to_json;
@@ -182,6 +183,20 @@ impl Engine {
     pub async fn blocks_context(&self, snapshot: Snapshot) -> Result<SessionContext, QueryError> {
         self.context(snapshot, Part::Blocks).await
     }
+}
+
+/// An SQL answer as an Arrow IPC stream.
+///
+/// # Errors
+/// Encoding failed (a bug).
+pub fn to_ipc(answer: &SqlAnswer) -> Result<Vec<u8>, QueryError> {
+    let err = |e: arrow::error::ArrowError| QueryError::new(ErrorCode::Internal, format!("encoding Arrow IPC: {e}"));
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &answer.schema).map_err(err)?;
+    for b in &answer.batches {
+        w.write(b).map_err(err)?;
+    }
+    w.finish().map_err(err)?;
+    w.into_inner().map_err(err)
 }
 
 /// Names a refused statement type plainly; other errors as [`datafusion_error`].

@@ -1,6 +1,7 @@
 //! SQL over a real store: heads and blocks together, read-only enforcement, errors.
 
 use super::*;
+use skein_core::query::SearchParams;
 use serde_json::Value;
 use skein_otlp::ExportTraceServiceRequest;
 use skein_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
@@ -147,4 +148,38 @@ async fn limits() {
     let err = tiny.sql("SELECT trace_id, span_id, name FROM spans ORDER BY name, span_id").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ResourceExhausted, "{err}");
     drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reads_blocks_with_the_span_level_filters() {
+    let (_dir, e) = engine().await;
+    let snap = e.store.snapshot();
+    let ids = |v: Vec<([u8; 16], i64)>| v.into_iter().map(|(t, _)| t[0]).collect::<Vec<_>>();
+    let q = |f: &dyn Fn(&mut SearchParams)| {
+        let mut p = SearchParams { limit: 20, ..Default::default() };
+        f(&mut p);
+        p
+    };
+    // traces 1..=5 are in the block; the api span of trace t lasts t × 100 µs
+    let r = e.search_blocks(snap.clone(), &q(&|p| {
+        p.service = Some("api".into());
+        p.min_duration_ns = Some(300_000);
+    }))
+    .await
+    .unwrap();
+    assert_eq!(ids(r), vec![5, 4, 3]);
+    // one span must match every filter: the frontend span has the route but not the error
+    let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("http.route".into(), "/cart".into()), ("error".into(), "true".into())])).await.unwrap();
+    assert!(r.is_empty(), "{r:?}");
+    let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("error".into(), "true".into())])).await.unwrap();
+    assert_eq!(ids(r), vec![5]);
+    let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("host.name".into(), "web-2".into())])).await.unwrap();
+    assert_eq!(ids(r), vec![2]);
+    let r = e.search_blocks(snap, &q(&|p| {
+        p.limit = 2;
+        p.start_ns = Some(1_700_000_000_002_000_000);
+    }))
+    .await
+    .unwrap();
+    assert_eq!(ids(r), vec![5, 4]);
 }
