@@ -300,6 +300,11 @@ impl Collector {
         self.spawn_and_wait().await
     }
 
+    /// Drops the environment variables set with [`CollectorBuilder::env`] for later restarts.
+    pub fn clear_env(&mut self) {
+        self.config.env.clear();
+    }
+
     /// The collector's log so far (stdout and stderr of every start).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

@@ -20,6 +20,7 @@
 
 pub mod collector;
 pub mod otlp;
+pub mod s3;
 pub mod wait;
 
 pub use collector::{Collector, CollectorBuilder, Listen, collector_bin, workspace_root};

@@ -1,9 +1,9 @@
 //! The native query API under `/api/v1` (ARCHITECTURE §6).
 
-use crate::{QueryService, SqlOutput};
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
 use crate::params::{self, Params};
+use crate::{QueryService, SqlOutput};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -113,7 +113,8 @@ async fn dependencies(State(st): State<QState>, RawQuery(raw): RawQuery) -> Resu
 /// `POST /api/v1/sql` with `{"query": "..."}`; `Accept: application/vnd.apache.arrow.stream`
 /// for Arrow IPC instead of JSON.
 async fn sql(State(st): State<QState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e} (expected {{\"query\": \"SELECT ...\"}})")))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e} (expected {{\"query\": \"SELECT ...\"}})")))?;
     let Some(query) = v.get("query").and_then(Value::as_str).map(str::to_string) else {
         return Err(ApiError::bad_request("request body has no string field \"query\" (expected {\"query\": \"SELECT ...\"})"));
     };

@@ -1,11 +1,11 @@
 //! Flush, restart, compaction and retention against a real local object store.
 
-use crate::{Store, StoreConfig, StorageConfig};
+use crate::{StorageConfig, Store, StoreConfig};
 use skein_core::{ByteSize, Duration, TraceId};
 use skein_otlp::ExportTraceServiceRequest;
+use skein_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
 use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use skein_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
 use std::path::Path;
 use std::sync::Arc;
 

@@ -58,12 +58,11 @@ fn failpoint(name: &str) {
 pub(crate) async fn remove_unlisted(objects: &Objects, tenant: &str, m: &Manifest) -> Result<()> {
     let known: HashSet<&str> = m.blocks.iter().map(|b| b.path.as_str()).chain(m.pending_deletes.iter().map(|p| p.path.as_str())).collect();
     let dir = spans_dir(tenant);
-    let listed: Vec<_> = objects
-        .store
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(|source| Error::ObjectStore { op: "listing", path: dir.to_string(), source })?;
+    let listed: Vec<_> = objects.store.list(Some(&dir)).try_collect().await.map_err(|source| Error::ObjectStore {
+        op: "listing",
+        path: dir.to_string(),
+        source,
+    })?;
     for o in listed {
         if !known.contains(o.location.as_ref()) {
             tracing::info!(path = %o.location, "deleting a block file no manifest lists (left by a crash before its flush completed)");
@@ -211,11 +210,11 @@ impl Store {
         let id = unique_id();
         let path = Path::from(format!("{}/{id}.parquet", spans_dir(&self.tenant)));
         let bytes = enc.bytes.len() as u64;
-        self.objects
-            .store
-            .put(&path, enc.bytes.into())
-            .await
-            .map_err(|source| Error::ObjectStore { op: "writing", path: path.to_string(), source })?;
+        self.objects.store.put(&path, enc.bytes.into()).await.map_err(|source| Error::ObjectStore {
+            op: "writing",
+            path: path.to_string(),
+            source,
+        })?;
         self.objects.sync(&path)?;
         Ok(Some(BlockMeta {
             id,
@@ -339,7 +338,8 @@ impl Store {
     /// Deletes the files of removed blocks whose delay has passed.
     async fn delete_pending(&self) -> Result<()> {
         let now = now_ms();
-        let due: Vec<PendingDelete> = self.manifest.lock().await.pending_deletes.iter().filter(|p| p.delete_after_unix_ms <= now).cloned().collect();
+        let due: Vec<PendingDelete> =
+            self.manifest.lock().await.pending_deletes.iter().filter(|p| p.delete_after_unix_ms <= now).cloned().collect();
         if due.is_empty() {
             return Ok(());
         }

@@ -87,7 +87,14 @@ pub struct Manifest {
 
 impl Default for Manifest {
     fn default() -> Self {
-        Self { version: VERSION, generation: 0, wal_id: String::new(), wal_flushed_before: 0, blocks: Vec::new(), pending_deletes: Vec::new() }
+        Self {
+            version: VERSION,
+            generation: 0,
+            wal_id: String::new(),
+            wal_flushed_before: 0,
+            blocks: Vec::new(),
+            pending_deletes: Vec::new(),
+        }
     }
 }
 
@@ -113,8 +120,8 @@ impl Manifest {
             Err(object_store::Error::NotFound { .. }) => return Ok(Self::default()),
             Err(source) => return Err(Error::ObjectStore { op: "reading", path: path.to_string(), source }),
         };
-        let m: Self =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Manifest { path: path.to_string(), message: format!("does not parse: {e}") })?;
+        let m: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Manifest { path: path.to_string(), message: format!("does not parse: {e}") })?;
         if m.version > VERSION {
             return Err(Error::Manifest {
                 path: path.to_string(),
@@ -132,7 +139,11 @@ impl Manifest {
         self.generation += 1;
         let path = manifest_path(tenant);
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Manifest { path: path.to_string(), message: e.to_string() })?;
-        objects.store.put(&path, bytes.into()).await.map_err(|source| Error::ObjectStore { op: "writing", path: path.to_string(), source })?;
+        objects.store.put(&path, bytes.into()).await.map_err(|source| Error::ObjectStore {
+            op: "writing",
+            path: path.to_string(),
+            source,
+        })?;
         objects.sync(&path)
     }
 

@@ -60,15 +60,14 @@ pub fn open(cfg: &StorageConfig, data_dir: &Path) -> Result<Objects> {
         .map_err(|e| Error::Config(format!("storage.url {:?} is not a URL: {e} (expected file:///path or s3://bucket/prefix)", cfg.url)))?;
     match url.scheme() {
         "file" => {
-            let path = url
-                .to_file_path()
-                .map_err(|()| Error::Config(format!("storage.url {:?} is not an absolute file path", cfg.url)))?;
+            let path = url.to_file_path().map_err(|()| Error::Config(format!("storage.url {:?} is not an absolute file path", cfg.url)))?;
             local(&path)
         }
         "s3" => {
-            let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
-                Error::Config(format!("storage.url {:?} names no bucket (expected s3://bucket/prefix)", cfg.url))
-            })?;
+            let bucket = url
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| Error::Config(format!("storage.url {:?} names no bucket (expected s3://bucket/prefix)", cfg.url)))?;
             let store = s3(bucket, &cfg.s3)?;
             let prefix = url.path().trim_matches('/');
             let store: Arc<dyn ObjectStore> =
@@ -82,7 +81,11 @@ pub fn open(cfg: &StorageConfig, data_dir: &Path) -> Result<Objects> {
 fn local(dir: &Path) -> Result<Objects> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("creating storage directory {}: {e}", dir.display())))?;
     let dir = dir.canonicalize().map_err(|e| Error::Config(format!("resolving storage directory {}: {e}", dir.display())))?;
-    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| Error::ObjectStore { op: "open", path: dir.display().to_string(), source: e })?;
+    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| Error::ObjectStore {
+        op: "open",
+        path: dir.display().to_string(),
+        source: e,
+    })?;
     Ok(Objects { store: Arc::new(store), location: format!("file://{}", dir.display()), local_root: Some(dir) })
 }
 

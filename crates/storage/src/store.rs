@@ -334,9 +334,8 @@ impl Store {
             batch
         } else {
             let view = skein_columnar::spans::SpanView::new(&batch);
-            let keep: arrow::array::BooleanArray = (0..view.len())
-                .map(|r| Some(!frozen.iter().any(|h| h.contains(&view.trace_id(r), &view.span_id(r)))))
-                .collect();
+            let keep: arrow::array::BooleanArray =
+                (0..view.len()).map(|r| Some(!frozen.iter().any(|h| h.contains(&view.trace_id(r), &view.span_id(r))))).collect();
             arrow::compute::filter_record_batch(&batch, &keep)?
         };
         active.insert(batch)?;

@@ -12,4 +12,5 @@ mod demo;
 mod durability;
 mod limits;
 mod python_sdk;
+mod storage;
 mod support;

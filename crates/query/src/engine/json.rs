@@ -6,7 +6,9 @@
 
 use super::SqlAnswer;
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{Map, Value, json};
 
@@ -95,8 +97,7 @@ fn display(array: &dyn Array, row: usize) -> Value {
 
 /// The JSON answer of `POST /api/v1/sql`.
 pub fn to_json(answer: &SqlAnswer) -> Value {
-    let columns: Vec<Value> =
-        answer.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect();
+    let columns: Vec<Value> = answer.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect();
     let mut rows = Vec::new();
     for b in &answer.batches {
         for r in 0..b.num_rows() {

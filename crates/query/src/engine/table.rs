@@ -95,7 +95,13 @@ impl TableProvider for SpansTable {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
-    async fn scan(&self, state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = schema();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if self.part == Part::All && !self.snapshot.head.is_empty() {

@@ -1,8 +1,8 @@
 //! SQL over a real store: heads and blocks together, read-only enforcement, errors.
 
 use super::*;
-use skein_core::query::SearchParams;
 use serde_json::Value;
+use skein_core::query::SearchParams;
 use skein_otlp::ExportTraceServiceRequest;
 use skein_otlp::proto::common::v1::{AnyValue, KeyValue, any_value};
 use skein_otlp::proto::resource::v1::Resource;
@@ -17,7 +17,10 @@ fn trace(t: u8, error: bool) -> ExportTraceServiceRequest {
     let now = 1_700_000_000_000_000_000u64 + u64::from(t) * 1_000_000;
     let rs = |service: &str, node: &str, spans: Vec<Span>| ResourceSpans {
         resource: Some(Resource {
-            attributes: vec![kv("service.name", any_value::Value::StringValue(service.into())), kv("host.name", any_value::Value::StringValue(node.into()))],
+            attributes: vec![
+                kv("service.name", any_value::Value::StringValue(service.into())),
+                kv("host.name", any_value::Value::StringValue(node.into())),
+            ],
             ..Default::default()
         }),
         scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
@@ -30,7 +33,10 @@ fn trace(t: u8, error: bool) -> ExportTraceServiceRequest {
         kind: 2,
         start_time_unix_nano: now,
         end_time_unix_nano: now + 10_000_000,
-        attributes: vec![kv("http.route", any_value::Value::StringValue("/cart".into())), kv("http.response.status_code", any_value::Value::IntValue(200))],
+        attributes: vec![
+            kv("http.route", any_value::Value::StringValue("/cart".into())),
+            kv("http.response.status_code", any_value::Value::IntValue(200)),
+        ],
         ..Default::default()
     };
     let child = Span {
@@ -161,25 +167,36 @@ async fn search_reads_blocks_with_the_span_level_filters() {
         p
     };
     // traces 1..=5 are in the block; the api span of trace t lasts t × 100 µs
-    let r = e.search_blocks(snap.clone(), &q(&|p| {
-        p.service = Some("api".into());
-        p.min_duration_ns = Some(300_000);
-    }))
-    .await
-    .unwrap();
+    let r = e
+        .search_blocks(
+            snap.clone(),
+            &q(&|p| {
+                p.service = Some("api".into());
+                p.min_duration_ns = Some(300_000);
+            }),
+        )
+        .await
+        .unwrap();
     assert_eq!(ids(r), vec![5, 4, 3]);
     // one span must match every filter: the frontend span has the route but not the error
-    let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("http.route".into(), "/cart".into()), ("error".into(), "true".into())])).await.unwrap();
+    let r = e
+        .search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("http.route".into(), "/cart".into()), ("error".into(), "true".into())]))
+        .await
+        .unwrap();
     assert!(r.is_empty(), "{r:?}");
     let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("error".into(), "true".into())])).await.unwrap();
     assert_eq!(ids(r), vec![5]);
     let r = e.search_blocks(snap.clone(), &q(&|p| p.attributes = vec![("host.name".into(), "web-2".into())])).await.unwrap();
     assert_eq!(ids(r), vec![2]);
-    let r = e.search_blocks(snap, &q(&|p| {
-        p.limit = 2;
-        p.start_ns = Some(1_700_000_000_002_000_000);
-    }))
-    .await
-    .unwrap();
+    let r = e
+        .search_blocks(
+            snap,
+            &q(&|p| {
+                p.limit = 2;
+                p.start_ns = Some(1_700_000_000_002_000_000);
+            }),
+        )
+        .await
+        .unwrap();
     assert_eq!(ids(r), vec![5, 4]);
 }

@@ -69,9 +69,12 @@ impl Block {
         self.index
             .get_or_try_init(|| async {
                 let mut reader = self.reader(objects);
-                let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional))
-                    .await
-                    .map_err(|e| self.parquet_err(e))?;
+                let meta = ArrowReaderMetadata::load_async(
+                    &mut reader,
+                    ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+                )
+                .await
+                .map_err(|e| self.parquet_err(e))?;
                 let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone());
                 let groups = meta.metadata().num_row_groups();
                 let mut blooms = Vec::with_capacity(groups);
@@ -146,7 +149,12 @@ impl Block {
 
 /// The row ranges (within row group `rg`) of the pages whose trace-id range holds `id`, from
 /// the page index; `None` when the file has no page index for the column.
-fn pages_holding(md: &parquet::file::metadata::ParquetMetaData, rg: usize, id: &[u8; 16], rows: usize) -> Option<Vec<std::ops::Range<usize>>> {
+fn pages_holding(
+    md: &parquet::file::metadata::ParquetMetaData,
+    rg: usize,
+    id: &[u8; 16],
+    rows: usize,
+) -> Option<Vec<std::ops::Range<usize>>> {
     let ColumnIndexMetaData::FIXED_LEN_BYTE_ARRAY(ci) = md.column_index()?.get(rg)?.get(col::TRACE_ID)? else {
         return None;
     };
