@@ -122,8 +122,7 @@ async fn an_unlisted_block_file_is_removed_on_start() {
 #[tokio::test]
 async fn compaction_merges_blocks_and_drops_duplicates_and_retention_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let mut storage = StorageConfig::default();
-    storage.retention = Duration::secs(0);
+    let mut storage = StorageConfig { retention: Duration::secs(0), ..Default::default() };
     storage.compaction.delete_delay = Duration::secs(3600);
     let s = open(dir.path(), storage.clone()).await;
     for t in 1..=3u8 {
@@ -171,9 +170,10 @@ async fn compaction_merges_blocks_and_drops_duplicates_and_retention_expires() {
 #[tokio::test]
 async fn flush_thresholds() {
     let dir = tempfile::tempdir().unwrap();
-    let mut storage = StorageConfig::default();
-    storage.flush.max_rows = 5;
-    storage.flush.max_bytes = ByteSize::gib(1);
+    let storage = StorageConfig {
+        flush: crate::config::FlushConfig { max_rows: 5, max_bytes: ByteSize::gib(1), ..Default::default() },
+        ..Default::default()
+    };
     let s = open(dir.path(), storage).await;
     s.ingest_traces(req(1, 1..4)).await.unwrap();
     assert!(!s.flush_if_due().await.unwrap());
