@@ -81,16 +81,36 @@ async fn delete(objects: &Objects, path: &Path) -> Result<()> {
 
 impl Store {
     /// Runs flushes, compaction and retention until `shutdown` turns true.
+    ///
+    /// Freezing runs on its own ticker, so a head that reaches a threshold is frozen on time
+    /// even while an earlier one is still being written: heads stay about the configured size
+    /// however long a flush takes, and if flushing falls behind, the memory limit pushes back
+    /// on ingest.
     pub async fn run_maintenance(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let freezer = {
+            let store = Arc::clone(&self);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(FLUSH_CHECK) => {}
+                        _ = shutdown.wait_for(|v| *v) => return,
+                    }
+                    if let Err(e) = store.freeze_if_due().await {
+                        tracing::error!(error = %e, "freezing the head failed");
+                    }
+                }
+            })
+        };
         let interval: Duration = self.cfg.storage.compaction.interval.into();
         let mut last_compaction = Instant::now();
         let mut backoff = FLUSH_CHECK;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|v| *v) => return,
+                _ = shutdown.wait_for(|v| *v) => break,
             }
-            match self.flush_if_due().await {
+            match self.flush_frozen().await {
                 Ok(_) => backoff = FLUSH_CHECK,
                 Err(e) => {
                     self.metrics.flush_failures.inc();
@@ -106,6 +126,7 @@ impl Store {
                 }
             }
         }
+        let _ = freezer.await;
     }
 
     /// Loads the metadata of every listed block (footer, page index, bloom filters), so the
@@ -121,12 +142,11 @@ impl Store {
         tracing::info!(blocks = blocks.len(), elapsed_ms = t.elapsed().as_millis() as u64, "block metadata loaded");
     }
 
-    /// Freezes the active head if a threshold is reached and writes every frozen head as a
-    /// block. Returns whether anything was flushed.
+    /// Freezes the active head if a threshold is reached. Returns whether it did.
     ///
     /// # Errors
-    /// Writing a block or the manifest failed; the head stays and is retried.
-    pub async fn flush_if_due(&self) -> Result<bool> {
+    /// The WAL could not start a new segment.
+    async fn freeze_if_due(&self) -> Result<bool> {
         let f = &self.cfg.storage.flush;
         let (stats, age) = {
             let st = self.state.read();
@@ -135,9 +155,16 @@ impl Store {
         let due = stats.rows as u64 >= f.max_rows
             || stats.bytes as u64 >= f.max_bytes.bytes()
             || age.is_some_and(|a| a >= Duration::from(f.max_age));
-        if due {
-            self.freeze().await?;
-        }
+        if due { self.freeze().await } else { Ok(false) }
+    }
+
+    /// Freezes the active head if a threshold is reached and writes every frozen head as a
+    /// block. Returns whether anything was flushed.
+    ///
+    /// # Errors
+    /// Writing a block or the manifest failed; the head stays and is retried.
+    pub async fn flush_if_due(&self) -> Result<bool> {
+        self.freeze_if_due().await?;
         self.flush_frozen().await
     }
 

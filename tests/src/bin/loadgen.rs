@@ -29,7 +29,6 @@ use serde_json::{Value, json};
 use skein_otlp::synth::{Synth, SynthConfig};
 use skein_otlp::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,6 +98,16 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// After the trace-by-id phase, wait until the head is flushed to blocks (pass e.g.
+    /// `--set storage.flush.max_age=5s`), then measure storage: bytes on disk per span, trace
+    /// by id from blocks (warm, then cold after a restart with the page cache dropped when
+    /// allowed), search `service=X&min_duration=1s` over the last hour, the SQL group-by of
+    /// issue 3, and the restart time to /readyz (the restart needs a collector loadgen started).
+    #[arg(long)]
+    storage: bool,
+    /// Searches and SQL runs timed in the storage phase.
+    #[arg(long, default_value_t = 50)]
+    storage_queries: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -388,10 +397,18 @@ async fn start_collector(args: &Args, http: &reqwest::Client) -> Result<(Started
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let data = dir.join("data");
     let log = dir.join("collector.log");
+    let child = spawn(&bin, args, &dir, &log)?;
+    let mut started = Started { child, dir, remove_dir, log };
+    let (grpc, query) = wait_ready(&mut started, http).await?;
+    Ok((started, grpc, query))
+}
+
+/// Starts the collector binary on `dir/data`, its output appended to `log`.
+fn spawn(bin: &Path, args: &Args, dir: &Path, log: &Path) -> Result<Child> {
+    let data = dir.join("data");
     let _ = std::fs::remove_file(data.join("listen.json"));
-    let mut cmd = Command::new(&bin);
+    let mut cmd = Command::new(bin);
     cmd.arg("--data-dir").arg(&data);
     for set in ["otlp.grpc_addr=127.0.0.1:0", "otlp.http_addr=127.0.0.1:0", "query.addr=127.0.0.1:0"] {
         cmd.args(["--set", set]);
@@ -399,11 +416,14 @@ async fn start_collector(args: &Args, http: &reqwest::Client) -> Result<(Started
     for set in &args.sets {
         cmd.args(["--set", set]);
     }
-    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("creating {}", log.display()))?;
     cmd.arg("run").stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-    let mut started = Started { child, dir, remove_dir, log };
+    cmd.spawn().with_context(|| format!("starting {}", bin.display()))
+}
 
+/// Waits for `listen.json` and `/readyz` of a started collector.
+async fn wait_ready(started: &mut Started, http: &reqwest::Client) -> Result<(SocketAddr, SocketAddr)> {
+    let data = started.dir.join("data");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = started.child.try_wait()? {
@@ -415,7 +435,7 @@ async fn start_collector(args: &Args, http: &reqwest::Client) -> Result<(Started
         if let Ok((grpc, query)) = read_listen(&data.join("listen.json")) {
             let ready = http.get(format!("http://{query}/readyz")).send().await.is_ok_and(|r| r.status() == 200);
             if ready {
-                return Ok((started, grpc, query));
+                return Ok((grpc, query));
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -509,7 +529,17 @@ async fn main() -> Result<()> {
             (Some(s), g, q, Some(pid))
         }
     };
-    let result = run(&args, &http, grpc, query, pid).await;
+    let mut started = started;
+    let result = match run(&args, &http, grpc, query, pid).await {
+        Ok((mut report, w, acked)) if args.storage => match storage_phase(&args, &http, query, started.as_mut(), &w, &acked).await {
+            Ok(st) => {
+                report["storage"] = st;
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        },
+        other => other.map(|(r, _, _)| r),
+    };
     if let Some(mut s) = started {
         if result.is_err() {
             eprintln!("loadgen: collector log {}:\n{}", s.log.display(), s.log_tail());
@@ -525,7 +555,7 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: SocketAddr, pid: Option<u32>) -> Result<Value> {
+async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: SocketAddr, pid: Option<u32>) -> Result<(Value, Arc<Workload>, Vec<usize>)> {
     eprintln!("loadgen: generating {} spans", args.spans);
     let t = Instant::now();
     let w = Arc::new(Workload::generate(args));
@@ -590,7 +620,7 @@ async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: Socke
     let rss = pid.map(peak_rss).transpose()?;
 
     let ms = |us: u32| f64::from(us) / 1000.0;
-    Ok(json!({
+    let report = json!({
         "connections": args.connections.max(1),
         "requests": w.requests.len(),
         "traces": w.traces.len(),
@@ -625,6 +655,107 @@ async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: Socke
             "span_count_mismatches": qmismatched,
             "first_problem": qproblem,
         },
+    });
+    Ok((report, w, all.acked))
+}
+
+/// A sum over the samples of a Prometheus metric (every label set).
+async fn metric(http: &reqwest::Client, query: SocketAddr, name: &str) -> Result<f64> {
+    let text = http.get(format!("http://{query}/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// p50, p99 and max of latencies in ms.
+fn summary_ms(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    json!({"n": v.len(), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": v.last().copied().unwrap_or(f64::NAN)})
+}
+
+fn trace_summary(q: (Vec<u32>, usize, usize, Option<String>)) -> Value {
+    let (lat, errors, mismatched, problem) = q;
+    let ms = |us: u32| f64::from(us) / 1000.0;
+    json!({"queries": lat.len(), "p50_ms": ms(percentile(&lat, 0.5)), "p99_ms": ms(percentile(&lat, 0.99)), "max_ms": ms(lat.last().copied().unwrap_or(0)), "errors": errors, "span_count_mismatches": mismatched, "first_problem": problem})
+}
+
+/// Drops the kernel's page cache so the next reads come from the disk; false when not allowed.
+fn drop_page_cache() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").is_ok()
+}
+
+async fn storage_phase(
+    args: &Args,
+    http: &reqwest::Client,
+    mut query: SocketAddr,
+    started: Option<&mut Started>,
+    w: &Workload,
+    acked: &[usize],
+) -> Result<Value> {
+    eprintln!("loadgen: waiting until the head is flushed to blocks");
+    let t = Instant::now();
+    while metric(http, query, "skein_head_rows").await? > 0.0 {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the head was not flushed within 10 min: pass --set storage.flush.max_age=5s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (bytes, rows, blocks) =
+        (metric(http, query, "skein_block_bytes").await?, metric(http, query, "skein_block_rows").await?, metric(http, query, "skein_blocks").await?);
+    eprintln!("loadgen: {rows} spans in {blocks} blocks, {bytes} bytes; trace by id from blocks");
+    let warm = trace_summary(query_phase(http, query, w, acked, args.queries, args.seed ^ 1).await?);
+
+    let services: Vec<String> = http.get(format!("http://{query}/api/v1/services")).send().await?.json::<Value>().await?["services"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as i64;
+    let (mut search, mut found) = (Vec::new(), 0usize);
+    for i in 0..args.storage_queries.max(1) {
+        let s = &services[i % services.len().max(1)];
+        let url = format!("http://{query}/api/v1/traces?service={s}&min_duration=1s&start={}&limit=20", now_ns - 3_600_000_000_000);
+        let t = Instant::now();
+        let v: Value = http.get(&url).send().await?.error_for_status()?.json().await?;
+        search.push(t.elapsed().as_secs_f64() * 1000.0);
+        found += v["traces"].as_array().map_or(0, Vec::len);
+    }
+    let sql = "SELECT service_name, count(*), approx_percentile_cont(duration_ns, 0.99) FROM spans GROUP BY 1";
+    let mut group_by = Vec::new();
+    for _ in 0..args.storage_queries.clamp(1, 10) {
+        let t = Instant::now();
+        http.post(format!("http://{query}/api/v1/sql")).json(&json!({ "query": sql })).send().await?.error_for_status()?.bytes().await?;
+        group_by.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (mut restart_ms, mut cold, mut cache_dropped) = (None, Value::Null, false);
+    if let Some(st) = started {
+        eprintln!("loadgen: restarting the collector");
+        st.stop();
+        cache_dropped = drop_page_cache();
+        let bin = collector_bin(args)?;
+        let t = Instant::now();
+        st.child = spawn(&bin, args, &st.dir, &st.log)?;
+        let (_, q) = wait_ready(st, http).await?;
+        restart_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+        query = q;
+        cold = trace_summary(query_phase(http, query, w, acked, args.queries, args.seed ^ 2).await?);
+    }
+    Ok(json!({
+        "blocks": blocks,
+        "block_rows": rows,
+        "block_bytes": bytes,
+        "bytes_per_span": bytes / rows.max(1.0),
+        "protobuf_bytes_per_span": w.bytes() as f64 / w.spans() as f64,
+        "trace_by_id_warm": warm,
+        "trace_by_id_after_restart": cold,
+        "page_cache_dropped": cache_dropped,
+        "search": summary_ms(search),
+        "search_traces_found": found,
+        "group_by_sql": summary_ms(group_by),
+        "restart_to_ready_ms": restart_ms,
     }))
 }
 
@@ -682,6 +813,47 @@ fn print_text(r: &Value) {
     );
     if let Some(p) = q["first_problem"].as_str() {
         println!("              first problem: {p}");
+    }
+    let st = &r["storage"];
+    if st.is_object() {
+        println!(
+            "blocks        {} spans in {} blocks: {:.1} B/span on disk (OTLP protobuf {:.1} B/span; target <= 30)",
+            st["block_rows"],
+            st["blocks"],
+            f(&st["bytes_per_span"]),
+            f(&st["protobuf_bytes_per_span"])
+        );
+        let tq = |name: &str, v: &Value| {
+            println!(
+                "{name:<13} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} queries, {} errors, {} mismatches; target p99 < 20 ms)",
+                f(&v["p50_ms"]),
+                f(&v["p99_ms"]),
+                f(&v["max_ms"]),
+                v["queries"],
+                v["errors"],
+                v["span_count_mismatches"]
+            )
+        };
+        tq("id, warm", &st["trace_by_id_warm"]);
+        if st["trace_by_id_after_restart"].is_object() {
+            tq(if st["page_cache_dropped"] == true { "id, cold" } else { "id, restarted" }, &st["trace_by_id_after_restart"]);
+        }
+        println!(
+            "search        p50 {:.1} ms  p99 {:.1} ms  ({} searches service=X&min_duration=1s over the last hour, {} traces found; target p99 < 300 ms)",
+            f(&st["search"]["p50_ms"]),
+            f(&st["search"]["p99_ms"]),
+            st["search"]["n"],
+            st["search_traces_found"]
+        );
+        println!(
+            "group-by SQL  p50 {:.0} ms  max {:.0} ms  ({} runs; target < 1 s)",
+            f(&st["group_by_sql"]["p50_ms"]),
+            f(&st["group_by_sql"]["max_ms"]),
+            st["group_by_sql"]["n"]
+        );
+        if let Some(ms) = st["restart_to_ready_ms"].as_f64() {
+            println!("restart       {ms:.0} ms to /readyz (target < 2 s)");
+        }
     }
 }
 
