@@ -52,21 +52,31 @@ fn main() -> anyhow::Result<()> {
     for chunk in order.chunks(8192) {
         std::hint::black_box(arrow::compute::interleave_record_batch(&refs, chunk)?);
     }
-    println!("interleave from the batches (no write; what encode did before concat+take) {:.0} spans/s", spans as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "interleave from the batches (no write; what encode did before concat+take) {:.0} spans/s",
+        spans as f64 / t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), skein_columnar::spans::schema(), None)?;
     for b in &batches {
         w.write(b)?;
     }
     let plain = w.into_inner()?;
-    println!("plain parquet write       {:.0} spans/s ({:.1} B/span, default writer settings, unsorted)", spans as f64 / t.elapsed().as_secs_f64(), plain.len() as f64 / spans as f64);
+    println!(
+        "plain parquet write       {:.0} spans/s ({:.1} B/span, default writer settings, unsorted)",
+        spans as f64 / t.elapsed().as_secs_f64(),
+        plain.len() as f64 / spans as f64
+    );
     // Trace by id from one block on the local disk: the storage read alone (no HTTP, no
     // assembly), beside decoding the same spans from a plain sequential read of the file.
     {
         let page_rows = args.lookup_page_rows.unwrap_or(BlockConfig::default().page_rows);
         let row_group_rows = args.lookup_row_group_rows.unwrap_or(BlockConfig::default().row_group_rows);
         let enc = skein_storage::block::write::encode(&refs, &BlockConfig { page_rows, row_group_rows, ..Default::default() })?;
-        println!("lookup block: {:.1} B/span, {row_group_rows} rows per row group, {page_rows} per page", enc.bytes.len() as f64 / spans as f64);
+        println!(
+            "lookup block: {:.1} B/span, {row_group_rows} rows per row group, {page_rows} per page",
+            enc.bytes.len() as f64 / spans as f64
+        );
         let dir = tempfile::tempdir()?;
         let objects = skein_storage::objstore::open(&skein_storage::StorageConfig::default(), dir.path())?;
         std::fs::write(dir.path().join("b.parquet"), &enc.bytes)?;

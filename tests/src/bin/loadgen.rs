@@ -555,7 +555,13 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, http: &reqwest::Client, grpc: SocketAddr, query: SocketAddr, pid: Option<u32>) -> Result<(Value, Arc<Workload>, Vec<usize>)> {
+async fn run(
+    args: &Args,
+    http: &reqwest::Client,
+    grpc: SocketAddr,
+    query: SocketAddr,
+    pid: Option<u32>,
+) -> Result<(Value, Arc<Workload>, Vec<usize>)> {
     eprintln!("loadgen: generating {} spans", args.spans);
     let t = Instant::now();
     let w = Arc::new(Workload::generate(args));
@@ -704,8 +710,11 @@ async fn storage_phase(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (bytes, rows, blocks) =
-        (metric(http, query, "skein_block_bytes").await?, metric(http, query, "skein_block_rows").await?, metric(http, query, "skein_blocks").await?);
+    let (bytes, rows, blocks) = (
+        metric(http, query, "skein_block_bytes").await?,
+        metric(http, query, "skein_block_rows").await?,
+        metric(http, query, "skein_blocks").await?,
+    );
     eprintln!("loadgen: {rows} spans in {blocks} blocks, {bytes} bytes; trace by id from blocks");
     let warm = trace_summary(query_phase(http, query, w, acked, args.queries, args.seed ^ 1).await?);
 
