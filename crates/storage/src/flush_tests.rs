@@ -189,3 +189,18 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_flushes_write_each_head_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StorageConfig::default()).await;
+    for t in 1..=20u8 {
+        s.ingest_traces(req(t, 1..4)).await.unwrap();
+    }
+    let (a, b) = tokio::join!(s.flush_now(), s.flush_now());
+    a.unwrap();
+    b.unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.blocks.iter().map(|b| b.meta.rows).sum::<u64>(), 60);
+    assert_eq!(s.head_stats().rows, 0);
+}

@@ -178,6 +178,7 @@ impl Store {
     }
 
     async fn flush_frozen(&self) -> Result<bool> {
+        let _one_flusher = self.flush_lock.lock().await;
         let mut flushed = false;
         loop {
             let Some(frozen) = self.state.read().frozen.first().cloned() else { return Ok(flushed) };

@@ -118,6 +118,8 @@ pub struct Store {
     pub(crate) cfg: StoreConfig,
     pub(crate) objects: Objects,
     pub(crate) tenant: String,
+    /// Held by the one flush writing frozen heads, so two callers never write the same head.
+    pub(crate) flush_lock: tokio::sync::Mutex<()>,
     /// The manifest as last written; held while it is being changed.
     pub(crate) manifest: tokio::sync::Mutex<Manifest>,
     pub(crate) wal_id: String,
@@ -183,6 +185,7 @@ impl Store {
             cfg,
             objects,
             tenant,
+            flush_lock: tokio::sync::Mutex::new(()),
             manifest: tokio::sync::Mutex::new(manifest),
             wal_id,
             metrics,
