@@ -20,6 +20,16 @@
 
 pub mod collector;
 pub mod otlp;
+
+/// The sum of every sample of Prometheus metric `name` (all label sets) in exposition `text`;
+/// 0 when absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub mod s3;
 pub mod wait;
 

@@ -110,6 +110,12 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Writes a metric family that has a single sample: its header and the sample.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    sample(out, name, labels, value);
+}
+
 /// Writes one sample line.
 pub fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
     if labels.is_empty() {

@@ -389,29 +389,46 @@ impl Store {
         let blocks = Arc::clone(&self.state.read().blocks);
         let t = format!("tenant=\"{}\"", self.tenant);
         let (rows, bytes): (u64, u64) = blocks.iter().fold((0, 0), |(r, b), x| (r + x.meta.rows, b + x.meta.bytes));
-        metrics::header(out, "skein_blocks", "gauge", "Blocks listed in the manifest.");
-        metrics::sample(out, "skein_blocks", &t, blocks.len());
-        metrics::header(out, "skein_block_bytes", "gauge", "Bytes of the listed blocks.");
-        metrics::sample(out, "skein_block_bytes", &t, bytes);
-        metrics::header(out, "skein_block_rows", "gauge", "Spans in the listed blocks.");
-        metrics::sample(out, "skein_block_rows", &t, rows);
-        metrics::header(out, "skein_flushes_total", "counter", "Heads written as blocks.");
-        metrics::sample(out, "skein_flushes_total", &t, m.flushes.get());
-        metrics::header(out, "skein_flush_failures_total", "counter", "Flush attempts that failed (retried).");
-        metrics::sample(out, "skein_flush_failures_total", &t, m.flush_failures.get());
+        metrics::family(out, "skein_blocks", "gauge", "Blocks listed in the manifest.", &t, blocks.len());
+        metrics::family(out, "skein_block_bytes", "gauge", "Bytes of the listed blocks.", &t, bytes);
+        metrics::family(out, "skein_block_rows", "gauge", "Spans in the listed blocks.", &t, rows);
+        metrics::family(out, "skein_flushes_total", "counter", "Heads written as blocks.", &t, m.flushes.get());
+        metrics::family(out, "skein_flush_failures_total", "counter", "Flush attempts that failed (retried).", &t, m.flush_failures.get());
         metrics::header(out, "skein_flush_duration_seconds", "histogram", "Time to write a head as a block and list it.");
         m.flush_seconds.render(out, "skein_flush_duration_seconds", &t);
-        metrics::header(out, "skein_compactions_total", "counter", "Compactions (each merges several blocks into one).");
-        metrics::sample(out, "skein_compactions_total", &t, m.compactions.get());
-        metrics::header(out, "skein_compacted_blocks_total", "counter", "Blocks merged away by compaction.");
-        metrics::sample(out, "skein_compacted_blocks_total", &t, m.compacted_blocks.get());
-        metrics::header(out, "skein_compaction_failures_total", "counter", "Compaction or retention passes that failed.");
-        metrics::sample(out, "skein_compaction_failures_total", &t, m.compaction_failures.get());
-        metrics::header(out, "skein_expired_blocks_total", "counter", "Blocks removed by retention.");
-        metrics::sample(out, "skein_expired_blocks_total", &t, m.expired_blocks.get());
-        metrics::header(out, "skein_deleted_block_files_total", "counter", "Files of removed blocks deleted after the delay.");
-        metrics::sample(out, "skein_deleted_block_files_total", &t, m.deleted_files.get());
-        metrics::header(out, "skein_block_duplicate_spans_total", "counter", "Duplicate spans dropped while writing blocks.");
-        metrics::sample(out, "skein_block_duplicate_spans_total", &t, m.block_duplicates.get());
+        metrics::family(
+            out,
+            "skein_compactions_total",
+            "counter",
+            "Compactions (each merges several blocks into one).",
+            &t,
+            m.compactions.get(),
+        );
+        metrics::family(out, "skein_compacted_blocks_total", "counter", "Blocks merged away by compaction.", &t, m.compacted_blocks.get());
+        metrics::family(
+            out,
+            "skein_compaction_failures_total",
+            "counter",
+            "Compaction or retention passes that failed.",
+            &t,
+            m.compaction_failures.get(),
+        );
+        metrics::family(out, "skein_expired_blocks_total", "counter", "Blocks removed by retention.", &t, m.expired_blocks.get());
+        metrics::family(
+            out,
+            "skein_deleted_block_files_total",
+            "counter",
+            "Files of removed blocks deleted after the delay.",
+            &t,
+            m.deleted_files.get(),
+        );
+        metrics::family(
+            out,
+            "skein_block_duplicate_spans_total",
+            "counter",
+            "Duplicate spans dropped while writing blocks.",
+            &t,
+            m.block_duplicates.get(),
+        );
     }
 }

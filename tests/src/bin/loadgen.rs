@@ -668,11 +668,7 @@ async fn run(
 /// A sum over the samples of a Prometheus metric (every label set).
 async fn metric(http: &reqwest::Client, query: SocketAddr, name: &str) -> Result<f64> {
     let text = http.get(format!("http://{query}/metrics")).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(skein_tests::metric_sum(&text, name))
 }
 
 /// p50, p99 and max of latencies in ms.

@@ -41,10 +41,7 @@ async fn sql(c: &Collector, q: &str) -> Value {
 
 async fn metric(c: &Collector, name: &str) -> f64 {
     let text = c.http().get(c.query_url("/metrics")).send().await.expect("metrics").text().await.expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    skein_tests::metric_sum(&text, name)
 }
 
 /// Every sent span is returned exactly once, by trace id and by SQL.
