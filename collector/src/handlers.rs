@@ -129,10 +129,8 @@ impl QueryService for Collector {
     fn search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let store = self.ready_store()?;
         let ids = self.matching(q)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(skein_query::summary::summarize(id, &spans_of(store, &id)?));
-        }
+        let spans = block_on(store.traces(&ids)).map_err(api_error)?;
+        let mut out: Vec<_> = ids.into_iter().zip(spans).map(|(id, spans)| skein_query::summary::summarize(id, &spans)).collect();
         out.sort_by_key(|s| std::cmp::Reverse(s.start_time_unix_nano));
         out.iter().map(to_json).collect()
     }
@@ -161,7 +159,8 @@ impl QueryService for Collector {
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let store = self.ready_store()?;
         let ids = self.matching(q)?;
-        ids.into_iter().map(|id| Ok(skein_query::jaeger::to_jaeger(id, &spans_of(store, &id)?))).collect()
+        let spans = block_on(store.traces(&ids)).map_err(api_error)?;
+        Ok(ids.into_iter().zip(spans).map(|(id, spans)| skein_query::jaeger::to_jaeger(id, &spans)).collect())
     }
 }
 

@@ -119,6 +119,6 @@ pub struct BlockConfig {
 
 impl Default for BlockConfig {
     fn default() -> Self {
-        Self { row_group_rows: 16_384, page_rows: 2048, zstd_level: 3 }
+        Self { row_group_rows: 16_384, page_rows: 4096, zstd_level: 3 }
     }
 }

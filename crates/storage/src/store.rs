@@ -9,6 +9,7 @@ use crate::manifest::Manifest;
 use crate::objstore::Objects;
 use arrow::array::RecordBatch;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::RwLock;
 use prost::Message;
 use skein_columnar::SpanRecord;
@@ -107,6 +108,9 @@ pub struct Snapshot {
     /// Listed blocks, oldest first.
     pub blocks: Arc<Vec<Arc<Block>>>,
 }
+
+/// Block reads one trace lookup, or one batch of lookups, runs at once.
+const CONCURRENT_READS: usize = 8;
 
 /// The WAL, the heads and the blocks of one collector.
 pub struct Store {
@@ -388,8 +392,13 @@ impl Store {
         };
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for block in blocks.iter() {
-            for batch in block.read_trace(&self.objects, &id.0).await? {
+        // Blocks are read concurrently (a few at a time) and their spans taken in block order.
+        let reads: Vec<_> = futures::stream::iter(blocks.iter().map(|b| b.read_trace(&self.objects, &id.0)))
+            .buffered(CONCURRENT_READS)
+            .try_collect()
+            .await?;
+        for batches in reads {
+            for batch in batches {
                 let v = skein_columnar::spans::SpanView::new(&batch);
                 for r in 0..v.len() {
                     if seen.insert(v.span_id(r)) {
@@ -406,6 +415,15 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The spans of each trace of `ids` (as [`Store::trace`]), in the order of `ids`; a few
+    /// traces are read at once.
+    ///
+    /// # Errors
+    /// As [`Store::trace`].
+    pub async fn traces(&self, ids: &[TraceId]) -> Result<Vec<Vec<SpanRecord>>> {
+        futures::stream::iter(ids.iter().map(|id| self.trace(id))).buffered(CONCURRENT_READS).try_collect().await
     }
 
     /// Service names in the heads and the blocks, sorted.

@@ -4,7 +4,10 @@
 //! `cargo run --release -p skein-tests --bin blockbench -- --spans 1000000`
 
 use clap::Parser;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::properties::WriterPropertiesBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::schema::types::ColumnPath;
 use prost::Message;
 use skein_otlp::synth::{Synth, SynthConfig};
 use skein_storage::config::BlockConfig;
@@ -44,6 +47,21 @@ fn main() -> anyhow::Result<()> {
         batches.push(b);
     }
     println!("{spans} spans; OTLP protobuf {:.1} B/span", proto as f64 / spans as f64);
+    {
+        // A second baseline: the same requests as one zstd stream (level 9, long window), what
+        // a general-purpose compressor makes of the row-wise data.
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 9)?;
+        enc.long_distance_matching(true)?;
+        enc.window_log(27)?;
+        let mut synth = Synth::new(SynthConfig::default());
+        let mut n = 0usize;
+        while n < spans {
+            let (r, _) = synth.batch(20, now - (n as u64 % 3_600_000) * 1_000_000);
+            n += r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
+            std::io::Write::write_all(&mut enc, &r.encode_to_vec())?;
+        }
+        println!("OTLP protobuf as one zstd-9 stream (long window): {:.1} B/span", enc.finish()?.len() as f64 / n as f64);
+    }
     let refs: Vec<_> = batches.iter().collect();
     // Where encode's time goes: gathering rows in trace order (interleave) alone, against a
     // plain Parquet write of the same batches unsorted (the baseline).
@@ -109,15 +127,48 @@ fn main() -> anyhow::Result<()> {
         lat.sort();
         println!("read_trace from a {}-span block: p50 {:?} p99 {:?}", enc.rows, lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
     }
-    let mut layouts = vec![("default", BlockConfig::default())];
+    type Layout = (&'static str, BlockConfig, Box<dyn Fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder>);
+    let same = || Box::new(|b| b) as Box<dyn Fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder>;
+    let mut layouts: Vec<Layout> = vec![("default", BlockConfig::default(), same())];
     if !args.default_only {
-        layouts.push(("zstd 9", BlockConfig { zstd_level: 9, ..Default::default() }));
-        layouts.push(("pages of 8192 rows", BlockConfig { page_rows: 8192, ..Default::default() }));
-        layouts.push(("row groups of 131072 rows", BlockConfig { row_group_rows: 131_072, page_rows: 8192, ..Default::default() }));
+        let values = || ColumnPath::from(vec!["attributes".into(), "entries".into(), "values".into()]);
+        let keys = || ColumnPath::from(vec!["attributes".into(), "entries".into(), "keys".into()]);
+        layouts.push(("zstd 9", BlockConfig { zstd_level: 9, ..Default::default() }, same()));
+        layouts.push((
+            "attr values plain",
+            BlockConfig::default(),
+            Box::new(move |b: WriterPropertiesBuilder| b.set_column_dictionary_enabled(values(), false)),
+        ));
+        layouts.push((
+            "attr values delta-length",
+            BlockConfig::default(),
+            Box::new(move |b: WriterPropertiesBuilder| {
+                b.set_column_dictionary_enabled(values(), false).set_column_encoding(values(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
+            }),
+        ));
+        layouts.push((
+            "attr keys+values plain",
+            BlockConfig::default(),
+            Box::new(move |b: WriterPropertiesBuilder| {
+                b.set_column_dictionary_enabled(values(), false).set_column_dictionary_enabled(keys(), false)
+            }),
+        ));
+        layouts.push((
+            "attrs plain zstd 9",
+            BlockConfig::default(),
+            Box::new(move |b: WriterPropertiesBuilder| {
+                b.set_column_dictionary_enabled(values(), false)
+                    .set_column_dictionary_enabled(keys(), false)
+                    .set_column_compression(values(), Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
+                    .set_column_compression(keys(), Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
+            }),
+        ));
+        layouts.push(("pages of 4096 rows", BlockConfig { page_rows: 4096, ..Default::default() }, same()));
+        layouts.push(("pages of 8192 rows", BlockConfig { page_rows: 8192, ..Default::default() }, same()));
     }
-    for (name, cfg) in layouts {
+    for (name, cfg, tweak) in layouts {
         let t = Instant::now();
-        let enc = skein_storage::block::write::encode(&refs, &cfg)?;
+        let enc = skein_storage::block::write::encode_with(&refs, &cfg, &*tweak)?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "{name:<24} {:>6.1} B/span ({:.1}x smaller than protobuf), encode {:.0} spans/s",
@@ -130,7 +181,7 @@ fn main() -> anyhow::Result<()> {
             let mut per: BTreeMap<String, i64> = BTreeMap::new();
             for rg in reader.metadata().row_groups() {
                 for c in rg.columns() {
-                    *per.entry(c.column_path().parts()[0].clone()).or_default() += c.compressed_size();
+                    *per.entry(c.column_path().string()).or_default() += c.compressed_size();
                 }
             }
             let mut per: Vec<_> = per.into_iter().collect();

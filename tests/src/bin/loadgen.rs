@@ -105,6 +105,11 @@ struct Args {
     /// issue 3, and the restart time to /readyz (the restart needs a collector loadgen started).
     #[arg(long)]
     storage: bool,
+    /// Spread the traces' start times over this span of time before now, in the order they
+    /// are sent, as a collector receiving live traffic sees them (so blocks flushed one after
+    /// another cover successive time ranges); `0s` starts every trace near now.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    spread: Duration,
     /// Searches and SQL runs timed in the storage phase.
     #[arg(long, default_value_t = 50)]
     storage_queries: usize,
@@ -138,8 +143,10 @@ impl Workload {
         let mut synth = Synth::new(SynthConfig { seed: args.seed, ..SynthConfig::default() });
         let mut w = Workload { requests: Vec::new(), spans_per_request: Vec::new(), traces: Vec::new(), first_trace: vec![0] };
         let mut total = 0;
+        let spread = args.spread.as_nanos() as u64;
         while total < args.spans.max(1) {
-            let (req, ids) = synth.batch(args.traces_per_request.max(1), now);
+            let at = now - spread + (total as u64).min(args.spans as u64) * spread / args.spans.max(1) as u64;
+            let (req, ids) = synth.batch(args.traces_per_request.max(1), at);
             let mut counts: HashMap<&[u8], usize> = HashMap::new();
             let mut n = 0;
             for span in req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {

@@ -200,3 +200,43 @@ async fn search_reads_blocks_with_the_span_level_filters() {
         .unwrap();
     assert_eq!(ids(r), vec![5, 4]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_reads_blocks_newest_first_and_stops_when_older_ones_cannot_matter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = skein_storage::StoreConfig {
+        memory_limit: 1 << 30,
+        limits: skein_otlp::Limits::default(),
+        wal: skein_wal::WalOptions::default(),
+        max_inflight_bytes: 64 << 20,
+        storage: skein_storage::StorageConfig::default(),
+    };
+    let (store, _) = Store::open(dir.path(), cfg).await.unwrap();
+    // three blocks of four traces each, later traces starting later: blocks cover successive
+    // time ranges, as when flushed one after the other
+    for t in 1..=12u8 {
+        store.ingest_traces(trace(t, false)).await.unwrap();
+        if t % 4 == 0 {
+            store.flush_now().await.unwrap();
+        }
+    }
+    let blocks = store.snapshot().blocks;
+    assert_eq!(blocks.len(), 3);
+    let e = Engine::new(Arc::clone(&store), SqlLimits { timeout: Duration::from_secs(30), memory: 256 << 20, max_rows: 1000 });
+    let search = |limit: usize| {
+        let e = &e;
+        async move {
+            let q = SearchParams { service: Some("frontend".into()), limit, ..Default::default() };
+            e.search_blocks(e.store.snapshot(), &q).await.map(|v| v.into_iter().map(|(t, _)| t[0]).collect::<Vec<_>>())
+        }
+    };
+    assert_eq!(search(6).await.unwrap(), vec![12, 11, 10, 9, 8, 7]);
+    assert_eq!(search(100).await.unwrap(), (1..=12).rev().collect::<Vec<u8>>());
+    // Remove the two older blocks' files: a search the newest block answers never opens them,
+    // one that needs more than it holds does (and fails, which shows it tried).
+    for b in &blocks[..2] {
+        std::fs::remove_file(dir.path().join(&b.meta.path)).unwrap();
+    }
+    assert_eq!(search(3).await.unwrap(), vec![12, 11, 10]);
+    assert!(search(5).await.is_err());
+}
