@@ -163,6 +163,27 @@ pub enum Error {
     #[error("wal refuses appends after an earlier write failure: restart to recover")]
     Poisoned,
     /// The WAL was closed (or its writer stopped).
+    /// The queue's cursor file could not be written.
+    #[error("cannot write queue cursor {path}: {source}")]
+    Cursor {
+        /// The cursor file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A queue record read back fails its check (the file changed under the queue).
+    #[error("queue segment {path} is corrupt at offset {offset}: {reason}")]
+    Corrupt {
+        /// Segment id.
+        segment: u64,
+        /// Segment file.
+        path: PathBuf,
+        /// Offset of the bad record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
     #[error("wal is closed")]
     Closed,
 }

@@ -48,6 +48,7 @@
 //! from an interrupted segment creation never held a record and are removed.
 
 mod error;
+pub mod queue;
 mod replay;
 mod segment;
 mod stats;
@@ -57,6 +58,7 @@ mod writer;
 mod tests;
 
 pub use error::{Error, Result};
+pub use queue::{Entry, Queue, QueueOptions, QueuePos, QueueStats};
 pub use segment::MAX_RECORD_LEN;
 pub use stats::WalStats;
 
