@@ -4,10 +4,10 @@ use crate::config::CollectorConfig;
 use serde_json::Value;
 use skein_core::query::{SearchParams, TraceOptions};
 use skein_core::{ErrorCode, TraceId};
-use skein_otlp::ExportTraceServiceRequest;
+use skein_otlp::Signal;
 use skein_query::assemble::{AssembleOptions, assemble};
 use skein_query::engine::{Engine, QueryError, SqlLimits};
-use skein_server::{ApiError, BoxFuture, ExportOutcome, Ops, QueryService, SqlOutput, TraceIngest};
+use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, Ops, OtlpIngest, QueryService, SqlOutput};
 use skein_storage::Store;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -98,22 +98,32 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding answer: {e}")))
 }
 
-impl TraceIngest for Collector {
-    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+impl OtlpIngest for Collector {
+    fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
             let store = self.ready_store()?;
+            let Export::Traces(req) = req else { return Err(not_yet(req.signal())) };
             let o = store.ingest_traces(req).await.map_err(api_error)?;
             Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
         })
     }
 
-    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+    fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
             let store = self.ready_store()?;
+            if signal != Signal::Traces {
+                return Err(not_yet(signal));
+            }
             let o = store.ingest_traces_protobuf(body).await.map_err(api_error)?;
             Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
         })
     }
+}
+
+/// Logs and metrics are received (the routes exist, so clients get a clear answer) but not
+/// stored yet.
+fn not_yet(signal: Signal) -> ApiError {
+    ApiError::new(ErrorCode::Unimplemented, format!("the collector does not store {signal} yet (only traces)"))
 }
 
 impl QueryService for Collector {

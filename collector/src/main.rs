@@ -148,9 +148,12 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(skein_server::grpc_trace_service(collector.clone(), max_body, Arc::clone(&metrics)))
+        .add_service(skein_server::grpc_logs_service(collector.clone(), max_body, Arc::clone(&metrics)))
+        .add_service(skein_server::grpc_metrics_service(collector.clone(), max_body, Arc::clone(&metrics)))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(shutdown_rx.clone()));
-    let http = axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), max_body, Arc::clone(&metrics)))
-        .with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let http =
+        axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), &skein_otlp::Signal::ALL, max_body, Arc::clone(&metrics)))
+            .with_graceful_shutdown(wait(shutdown_rx.clone()));
     let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics)))
         .with_graceful_shutdown(wait(shutdown_rx.clone()));
     let grpc = tokio::spawn(grpc);

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an I/O failure on our side.
     Internal,
+    /// A feature that is not built yet (the message says which).
+    Unimplemented,
 }
 
 impl ErrorCode {
@@ -34,6 +36,7 @@ impl ErrorCode {
             Self::Unavailable => 503,
             Self::Timeout => 504,
             Self::Internal => 500,
+            Self::Unimplemented => 501,
         }
     }
 
@@ -48,6 +51,7 @@ impl ErrorCode {
             Self::Unavailable => 14,         // UNAVAILABLE
             Self::Timeout => 4,              // DEADLINE_EXCEEDED
             Self::Internal => 13,            // INTERNAL
+            Self::Unimplemented => 12,       // UNIMPLEMENTED
         }
     }
 
@@ -67,6 +71,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::Unimplemented => "unimplemented",
         }
     }
 }

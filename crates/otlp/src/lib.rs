@@ -3,13 +3,17 @@
 //! validation of incoming spans against Skein's limits.
 
 pub mod codec;
+pub mod signal;
 pub mod status;
 pub mod synth;
 pub mod validate;
 
 pub use codec::{DecodeError, Encoding};
 pub use opentelemetry_proto::tonic as proto;
+pub use signal::Signal;
 pub use status::RpcStatus;
 pub use validate::{Limits, Validated, validate_traces};
 
+pub use proto::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+pub use proto::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 pub use proto::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};

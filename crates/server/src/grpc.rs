@@ -1,25 +1,21 @@
-//! The OTLP/gRPC `TraceService`, served with a codec that hands the request body over as raw
-//! bytes instead of decoding it into `opentelemetry-proto` structs: the engine decodes the
-//! protobuf straight into Arrow (one pass, no per-attribute allocation) and writes the same
-//! bytes to its WAL without re-encoding them. Responses are ordinary prost messages.
+//! The OTLP/gRPC `TraceService`, `LogsService` and `MetricsService`, served with a codec that
+//! hands the request body over as raw bytes instead of decoding it into `opentelemetry-proto`
+//! structs: the collector decodes span protobuf straight into Arrow (one pass, no
+//! per-attribute allocation) and writes the same bytes to its WAL without re-encoding them.
+//! Responses are prost messages, encoded before they reach the codec.
 
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
-use crate::{BoxFuture, TraceIngest};
+use crate::{BoxFuture, OtlpIngest};
 use bytes::{Buf, Bytes};
-use prost::Message;
-use skein_otlp::ExportTraceServiceResponse;
+use skein_otlp::Signal;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-/// The fully qualified gRPC service name.
-const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
-/// Decodes nothing: the message body as `Bytes`. Encodes prost responses.
+/// Decodes nothing: the message body as `Bytes`. Responses arrive encoded.
 #[derive(Clone, Copy, Default)]
 struct RawCodec;
 
@@ -35,15 +31,16 @@ impl Decoder for RawDecoder {
 }
 
 impl Encoder for ResponseEncoder {
-    type Item = ExportTraceServiceResponse;
+    type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        item.encode(dst).map_err(|e| tonic::Status::internal(format!("encoding response: {e}")))
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
     }
 }
 
 impl Codec for RawCodec {
-    type Encode = ExportTraceServiceResponse;
+    type Encode = Vec<u8>;
     type Decode = Bytes;
     type Encoder = ResponseEncoder;
     type Decoder = RawDecoder;
@@ -66,46 +63,71 @@ pub(crate) fn grpc_status(e: &ApiError) -> tonic::Status {
 
 #[derive(Clone)]
 struct Export {
-    ingest: Arc<dyn TraceIngest>,
+    signal: Signal,
+    ingest: Arc<dyn OtlpIngest>,
     metrics: Arc<ServerMetrics>,
 }
 
 impl tonic::server::UnaryService<Bytes> for Export {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<'static, Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
+    type Response = Vec<u8>;
+    type Future = BoxFuture<'static, Result<tonic::Response<Vec<u8>>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let t = Instant::now();
-            let r = this.ingest.export_traces_protobuf(request.into_inner()).await;
-            this.metrics.observe("otlp_grpc", r.as_ref().map(|_| 200).unwrap_or_else(|e| e.code.http_status()), t.elapsed());
+            let r = this.ingest.export_protobuf(this.signal, request.into_inner()).await;
+            let label = crate::ingest::endpoint_label(this.signal, true);
+            this.metrics.observe(label, r.as_ref().map(|_| 200).unwrap_or_else(|e| e.code.http_status()), t.elapsed());
             match r {
-                Ok(o) => Ok(tonic::Response::new(crate::ingest::response(o))),
+                Ok(o) => Ok(tonic::Response::new(crate::ingest::response_protobuf(this.signal, o))),
                 Err(e) => Err(grpc_status(&e)),
             }
         })
     }
 }
 
-/// The gRPC `TraceService` (accepts gzip, messages up to `max_message` bytes) over an ingest
-/// handler; add it to a `tonic::transport::Server`.
+/// An OTLP gRPC service (`TAG` is [`Signal::tag`]: 1 traces, 2 logs, 3 metrics), accepting
+/// gzip and zstd and messages up to a limit; add it to a `tonic::transport::Server`.
 #[derive(Clone)]
-pub struct TraceGrpcService {
+pub struct OtlpGrpcService<const TAG: u8> {
     export: Export,
     max_message: usize,
 }
 
+fn service<const TAG: u8>(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<TAG> {
+    let signal = Signal::from_tag(TAG).unwrap_or(Signal::Traces);
+    OtlpGrpcService { export: Export { signal, ingest, metrics }, max_message }
+}
+
 /// The gRPC `TraceService` over `ingest`.
-pub fn grpc_trace_service(ingest: Arc<dyn TraceIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> TraceGrpcService {
-    TraceGrpcService { export: Export { ingest, metrics }, max_message }
+pub fn grpc_trace_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<1> {
+    service(ingest, max_message, metrics)
 }
 
-impl tonic::server::NamedService for TraceGrpcService {
-    const NAME: &'static str = SERVICE;
+/// The gRPC `LogsService` over `ingest`.
+pub fn grpc_logs_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<2> {
+    service(ingest, max_message, metrics)
 }
 
-impl<B> tower::Service<http::Request<B>> for TraceGrpcService
+/// The gRPC `MetricsService` over `ingest`.
+pub fn grpc_metrics_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<3> {
+    service(ingest, max_message, metrics)
+}
+
+impl tonic::server::NamedService for OtlpGrpcService<1> {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tonic::server::NamedService for OtlpGrpcService<2> {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+impl tonic::server::NamedService for OtlpGrpcService<3> {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+}
+
+impl<const TAG: u8, B> tower::Service<http::Request<B>> for OtlpGrpcService<TAG>
 where
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
@@ -119,10 +141,11 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != EXPORT_PATH {
+        let want = self.export.signal.grpc_path();
+        if req.uri().path() != want {
             let path = req.uri().path().to_string();
             return Box::pin(async move {
-                Ok(tonic::Status::unimplemented(format!("unknown method {path}: this service implements {EXPORT_PATH}")).into_http())
+                Ok(tonic::Status::unimplemented(format!("unknown method {path}: this service implements {want}")).into_http())
             });
         }
         let export = self.export.clone();

@@ -1,37 +1,56 @@
-//! OTLP/HTTP ingest: `POST /v1/traces` (protobuf or JSON, gzip), answering with OTLP's status
-//! semantics (`google.rpc.Status` bodies in the request's encoding). The gRPC side is in
-//! `grpc.rs`.
+//! OTLP/HTTP ingest: `POST /v1/traces`, `/v1/logs` and `/v1/metrics` (protobuf or JSON,
+//! gzip), answering with OTLP's status semantics (`google.rpc.Status` bodies in the request's
+//! encoding). The gRPC side is in `grpc.rs`.
 
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
-use crate::{ExportOutcome, TraceIngest};
+use crate::{Export, ExportOutcome, OtlpIngest};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
+use prost::Message;
 use skein_core::ErrorCode;
 use skein_otlp::codec::{self, Encoding};
-use skein_otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus};
+use skein_otlp::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse, ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse, RpcStatus, Signal,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone)]
 struct HttpState {
-    ingest: Arc<dyn TraceIngest>,
+    ingest: Arc<dyn OtlpIngest>,
     max_body: usize,
     metrics: Arc<ServerMetrics>,
 }
 
-/// The OTLP/HTTP router: `POST /v1/traces`. Bodies over `max_body` bytes (compressed or
-/// inflated) get 413.
-pub fn otlp_http_router(ingest: Arc<dyn TraceIngest>, max_body: usize, metrics: Arc<ServerMetrics>) -> axum::Router {
-    axum::Router::new().route("/v1/traces", post(export_http)).layer(DefaultBodyLimit::disable()).with_state(HttpState {
-        ingest,
-        max_body,
-        metrics,
-    })
+/// The OTLP/HTTP router: `POST` on the path of each of `signals`. Bodies over `max_body`
+/// bytes (compressed or inflated) get 413.
+pub fn otlp_http_router(ingest: Arc<dyn OtlpIngest>, signals: &[Signal], max_body: usize, metrics: Arc<ServerMetrics>) -> axum::Router {
+    let mut r = axum::Router::new();
+    for &signal in signals {
+        r = r.route(
+            signal.http_path(),
+            post(move |st: State<HttpState>, headers: HeaderMap, body: Body| export_http(st, signal, headers, body)),
+        );
+    }
+    r.layer(DefaultBodyLimit::disable()).with_state(HttpState { ingest, max_body, metrics })
+}
+
+/// The metrics label of a signal's endpoint (traces keep the names they had first).
+pub(crate) fn endpoint_label(signal: Signal, grpc: bool) -> &'static str {
+    match (signal, grpc) {
+        (Signal::Traces, false) => "otlp_http",
+        (Signal::Logs, false) => "otlp_http_logs",
+        (Signal::Metrics, false) => "otlp_http_metrics",
+        (Signal::Traces, true) => "otlp_grpc",
+        (Signal::Logs, true) => "otlp_grpc_logs",
+        (Signal::Metrics, true) => "otlp_grpc_metrics",
+    }
 }
 
 fn status_response(enc: Encoding, err: &ApiError) -> Response {
@@ -47,40 +66,57 @@ fn decode_err(e: skein_otlp::DecodeError) -> ApiError {
     ApiError::new(e.code(), e.to_string())
 }
 
-async fn export_http(State(st): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+async fn export_http(State(st): State<HttpState>, signal: Signal, headers: HeaderMap, body: Body) -> Response {
     let t = Instant::now();
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let (enc, result) = match Encoding::from_content_type(ct) {
         // An unknown content type is answered as JSON, the only form a confused client can read.
         Err(e) => (Encoding::Json, Err(decode_err(e))),
-        Ok(enc) => (enc, handle_http(&st, &headers, body, enc).await),
+        Ok(enc) => (enc, handle_http(&st, signal, &headers, body, enc).await),
     };
     let resp = match result {
         Ok(outcome) => {
-            let resp = response(outcome);
-            let body = match (enc, &resp.partial_success) {
-                // OTLP/JSON: a full success is `{}`, and int64 fields are decimal strings.
-                (Encoding::Json, None) => b"{}".to_vec(),
-                (Encoding::Json, Some(p)) => serde_json::to_vec(&serde_json::json!({"partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}})).unwrap_or_default(),
-                (Encoding::Protobuf, _) => codec::encode(&resp, enc),
+            let body = match enc {
+                Encoding::Json => json_response(signal, &outcome),
+                Encoding::Protobuf => response_protobuf(signal, outcome),
             };
             (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(enc.content_type()))], body).into_response()
         }
         Err(e) => status_response(enc, &e),
     };
-    st.metrics.observe("otlp_http", resp.status().as_u16(), t.elapsed());
+    st.metrics.observe(endpoint_label(signal, false), resp.status().as_u16(), t.elapsed());
     resp
 }
 
-async fn handle_http(st: &HttpState, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
+/// OTLP/JSON: a full success is `{}`, and int64 fields are decimal strings.
+fn json_response(signal: Signal, o: &ExportOutcome) -> Vec<u8> {
+    if o.rejected == 0 && o.message.is_empty() {
+        return b"{}".to_vec();
+    }
+    let field = match signal {
+        Signal::Traces => "rejectedSpans",
+        Signal::Logs => "rejectedLogRecords",
+        Signal::Metrics => "rejectedDataPoints",
+    };
+    let mut partial = serde_json::Map::new();
+    partial.insert(field.into(), o.rejected.to_string().into());
+    partial.insert("errorMessage".into(), o.message.clone().into());
+    serde_json::to_vec(&serde_json::json!({ "partialSuccess": partial })).unwrap_or_default()
+}
+
+async fn handle_http(st: &HttpState, signal: Signal, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
     let raw = read_body(body, st.max_body).await?;
     let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = codec::decompress(raw, ce, st.max_body).map_err(decode_err)?;
     match enc {
-        Encoding::Protobuf => st.ingest.export_traces_protobuf(body).await,
+        Encoding::Protobuf => st.ingest.export_protobuf(signal, body).await,
         Encoding::Json => {
-            let req: ExportTraceServiceRequest = codec::decode(&body, enc).map_err(decode_err)?;
-            st.ingest.export_traces(req).await
+            let req = match signal {
+                Signal::Traces => Export::Traces(codec::decode(&body, enc).map_err(decode_err)?),
+                Signal::Logs => Export::Logs(codec::decode(&body, enc).map_err(decode_err)?),
+                Signal::Metrics => Export::Metrics(codec::decode(&body, enc).map_err(decode_err)?),
+            };
+            st.ingest.export(req).await
         }
     }
 }
@@ -116,9 +152,21 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(buf.freeze())
 }
 
-pub(crate) fn response(o: ExportOutcome) -> ExportTraceServiceResponse {
+/// The protobuf `Export*ServiceResponse` of `signal` for an accepted export.
+pub(crate) fn response_protobuf(signal: Signal, o: ExportOutcome) -> Vec<u8> {
     let partial = o.rejected > 0 || !o.message.is_empty();
-    ExportTraceServiceResponse {
-        partial_success: partial.then_some(ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
+    match signal {
+        Signal::Traces => ExportTraceServiceResponse {
+            partial_success: partial.then_some(ExportTracePartialSuccess { rejected_spans: o.rejected, error_message: o.message }),
+        }
+        .encode_to_vec(),
+        Signal::Logs => ExportLogsServiceResponse {
+            partial_success: partial.then_some(ExportLogsPartialSuccess { rejected_log_records: o.rejected, error_message: o.message }),
+        }
+        .encode_to_vec(),
+        Signal::Metrics => ExportMetricsServiceResponse {
+            partial_success: partial.then_some(ExportMetricsPartialSuccess { rejected_data_points: o.rejected, error_message: o.message }),
+        }
+        .encode_to_vec(),
     }
 }

@@ -15,7 +15,7 @@ mod ops;
 mod params;
 
 pub use error::ApiError;
-pub use grpc::{TraceGrpcService, grpc_trace_service};
+pub use grpc::{OtlpGrpcService, grpc_logs_service, grpc_metrics_service, grpc_trace_service};
 pub use ingest::otlp_http_router;
 pub use ops::ServerMetrics;
 pub use params::parse_go_duration;
@@ -26,7 +26,7 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 use serde_json::Value;
 use skein_core::TraceId;
 use skein_core::query::{Dependency, SearchParams, TraceOptions};
-use skein_otlp::ExportTraceServiceRequest;
+use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Signal};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,26 +37,48 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What an accepted export amounted to, for the OTLP `partial_success` field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOutcome {
-    /// Spans rejected; zero means full success.
+    /// Items (spans, log records, data points) rejected; zero means full success.
     pub rejected: i64,
     /// Why they were rejected.
     pub message: String,
 }
 
-/// Accepts span exports.
-pub trait TraceIngest: Send + Sync + 'static {
-    /// Stores a trace export; resolves once the accepted spans are durable.
+/// A decoded OTLP export (an OTLP/JSON body, decoded by the server).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Export {
+    /// Spans.
+    Traces(ExportTraceServiceRequest),
+    /// Log records.
+    Logs(ExportLogsServiceRequest),
+    /// Metric data points.
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl Export {
+    /// The export's signal.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Self::Traces(_) => Signal::Traces,
+            Self::Logs(_) => Signal::Logs,
+            Self::Metrics(_) => Signal::Metrics,
+        }
+    }
+}
+
+/// Accepts OTLP exports: the collector stores them, the agent queues them.
+pub trait OtlpIngest: Send + Sync + 'static {
+    /// Accepts a decoded export; resolves once what was accepted is durable.
     ///
     /// # Errors
     /// An [`ApiError`] whose code decides the HTTP/gRPC status and whether the client retries.
-    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
+    fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
 
-    /// Stores a trace export given as the protobuf encoding of an `ExportTraceServiceRequest`
+    /// Accepts an export given as the protobuf encoding of the signal's `Export*ServiceRequest`
     /// (the gRPC message or an OTLP/HTTP protobuf body, already decompressed).
     ///
     /// # Errors
-    /// As [`TraceIngest::export_traces`], plus `BadRequest` for malformed protobuf.
-    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
+    /// As [`OtlpIngest::export`], plus `BadRequest` for malformed protobuf.
+    fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>>;
 }
 
 /// Answers queries. Methods may take milliseconds of CPU; the server calls them on the

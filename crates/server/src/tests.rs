@@ -10,27 +10,30 @@ use tower::ServiceExt;
 
 struct FakeIngest;
 
-impl TraceIngest for FakeIngest {
-    fn export_traces(&self, req: ExportTraceServiceRequest) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+impl OtlpIngest for FakeIngest {
+    fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
-            let n: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            let n: usize = match req {
+                Export::Traces(req) => req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum(),
+                Export::Logs(req) => req.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum(),
+                Export::Metrics(req) => req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).map(|s| s.metrics.len()).sum(),
+            };
             match n {
                 0 => Err(ApiError::new(ErrorCode::ResourceExhausted, "head is full").with_retry_after(std::time::Duration::from_secs(3))),
                 1 => Ok(ExportOutcome::default()),
-                _ => Ok(ExportOutcome { rejected: 1, message: "rejected 1 of 2 spans: bad id".into() }),
+                _ => Ok(ExportOutcome { rejected: 1, message: "rejected 1 of 2: bad id".into() }),
             }
         })
     }
 
-    fn export_traces_protobuf(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
-        self.decode_then_export(body)
-    }
-}
-
-impl FakeIngest {
-    fn decode_then_export(&self, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
-        match <ExportTraceServiceRequest as Message>::decode(&body[..]) {
-            Ok(req) => self.export_traces(req),
+    fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        let req = match signal {
+            Signal::Traces => <ExportTraceServiceRequest as Message>::decode(&body[..]).map(Export::Traces),
+            Signal::Logs => <ExportLogsServiceRequest as Message>::decode(&body[..]).map(Export::Logs),
+            Signal::Metrics => <ExportMetricsServiceRequest as Message>::decode(&body[..]).map(Export::Metrics),
+        };
+        match req {
+            Ok(req) => self.export(req),
             Err(e) => Box::pin(async move { Err(ApiError::bad_request(format!("malformed protobuf: {e}"))) }),
         }
     }
@@ -85,7 +88,7 @@ impl Ops for FakeOps {
 }
 
 fn otlp() -> axum::Router {
-    otlp_http_router(Arc::new(FakeIngest), 1024, Arc::default())
+    otlp_http_router(Arc::new(FakeIngest), &Signal::ALL, 1024, Arc::default())
 }
 
 fn query() -> axum::Router {
@@ -115,7 +118,7 @@ async fn http_json_success_and_partial_success() {
     assert_eq!(s, StatusCode::OK);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["partialSuccess"]["rejectedSpans"], "1");
-    assert_eq!(v["partialSuccess"]["errorMessage"], "rejected 1 of 2 spans: bad id");
+    assert_eq!(v["partialSuccess"]["errorMessage"], "rejected 1 of 2: bad id");
 }
 
 #[tokio::test]
@@ -238,4 +241,34 @@ async fn sql_endpoint_negotiates_json_or_arrow_and_checks_the_body() {
         assert_eq!(s, StatusCode::BAD_REQUEST);
         assert!(String::from_utf8_lossy(&b).contains(want), "{}", String::from_utf8_lossy(&b));
     }
+}
+
+#[tokio::test]
+async fn logs_and_metrics_have_their_own_paths_and_partial_success_fields() {
+    let logs = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"a"}},{"body":{"stringValue":"b"}}]}]}]}"#;
+    let req = Request::post("/v1/logs").header("content-type", "application/json").body(Body::from(logs)).unwrap();
+    let (s, _, b) = send(otlp(), req).await;
+    assert_eq!(s, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["partialSuccess"]["rejectedLogRecords"], "1", "{v}");
+    let m = skein_otlp::ExportMetricsServiceRequest {
+        resource_metrics: vec![skein_otlp::proto::metrics::v1::ResourceMetrics {
+            scope_metrics: vec![skein_otlp::proto::metrics::v1::ScopeMetrics {
+                metrics: vec![skein_otlp::proto::metrics::v1::Metric { name: "m".into(), ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let req = Request::post("/v1/metrics").header("content-type", "application/x-protobuf").body(Body::from(m.encode_to_vec())).unwrap();
+    let (s, h, b) = send(otlp(), req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["content-type"], "application/x-protobuf");
+    let r = skein_otlp::ExportMetricsServiceResponse::decode(&b[..]).unwrap();
+    assert!(r.partial_success.is_none());
+    // an export the handler refuses keeps OTLP's status semantics on every signal
+    let req = Request::post("/v1/metrics").header("content-type", "application/json").body(Body::from("{}")).unwrap();
+    let (s, h, _) = send(otlp(), req).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h["retry-after"], "3");
 }

@@ -229,7 +229,9 @@ impl Queue {
         // No record at or after the stored cursor: either its segment is gone because the cap
         // dropped it (start at the oldest remaining record) or everything was acknowledged.
         let cursor = cursor.unwrap_or_else(|| match (stored, segs.front()) {
-            (Some(c), Some(first)) if c.segment < first.id => QueuePos { lsn: Lsn { segment: first.id, offset: HEADER_LEN }, seq: first.first_seq },
+            (Some(c), Some(first)) if c.segment < first.id => {
+                QueuePos { lsn: Lsn { segment: first.id, offset: HEADER_LEN }, seq: first.first_seq }
+            }
             (Some(_), _) => QueuePos { lsn: Lsn { segment: 0, offset: HEADER_LEN }, seq },
             (None, Some(first)) => QueuePos { lsn: Lsn { segment: first.id, offset: HEADER_LEN }, seq: first.first_seq },
             (None, None) => QueuePos { lsn: Lsn { segment: 0, offset: HEADER_LEN }, seq: 0 },
@@ -280,7 +282,8 @@ impl Queue {
         }
         let pos = inner.end();
         let path = segment::path(&self.dir, pos.lsn.segment);
-        let written = inner.active.write_all(&frame).map_err(|source| Error::Write { segment: pos.lsn.segment, path: path.clone(), source });
+        let written =
+            inner.active.write_all(&frame).map_err(|source| Error::Write { segment: pos.lsn.segment, path: path.clone(), source });
         let synced = written.and_then(|()| match self.opts.sync {
             SyncPolicy::Always => inner.active.sync_data().map_err(|source| Error::Sync { segment: pos.lsn.segment, path, source }),
             SyncPolicy::Never => Ok(()),
