@@ -1,0 +1,413 @@
+//! The agent's exporter: drains a disk-backed [`Queue`] to one collector over OTLP/gRPC.
+//!
+//! Each queue record is one OTLP export of one signal: a [`Signal::tag`] byte, then the
+//! protobuf `Export*ServiceRequest`. The exporter reads records in order, merges consecutive
+//! records of one signal into one request (protobuf concatenation of messages appends their
+//! repeated fields) up to a size, waits up to an age for a batch to fill, pushes it gzip'ed,
+//! and acknowledges the queue only after the collector answered OK. So a record leaves the
+//! disk only once the collector has it.
+//!
+//! Failures follow OTLP: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`,
+//! `OUT_OF_RANGE`, `DATA_LOSS` and a connection failure are retried, as is
+//! `RESOURCE_EXHAUSTED` when it carries `RetryInfo`; the delay is the larger of the server's
+//! `RetryInfo` and an exponential backoff with full jitter. Any other status (400-like
+//! `INVALID_ARGUMENT` above all) is permanent: the batch is logged with the collector's
+//! message, counted as dropped and acknowledged, so one bad record never blocks the queue.
+//! A partial success is not retried either (OTLP says so); its rejected count is recorded.
+//!
+//! With several collectors, the agent keeps one queue and one exporter per collector and
+//! splits each export over them with [`Ring`] at ingest, so a collector that is down only
+//! holds back its own share.
+
+mod ring;
+
+pub use ring::Ring;
+
+use bytes::{BufMut, Bytes};
+use parking_lot::Mutex;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use skein_core::metrics::{self, Counter, Histogram};
+use skein_core::{ByteSize, Duration};
+use skein_otlp::{ExportTraceServiceResponse, Signal};
+use skein_wal::{Entry, Queue, QueuePos};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, watch};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+
+/// How the exporter batches, pushes and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExporterConfig {
+    /// Collector OTLP/gRPC endpoints, e.g. `["http://collector:4317"]`. With more than one,
+    /// spans and logs are routed by trace id on a consistent-hash ring, metrics by node.
+    pub endpoints: Vec<String>,
+    /// Most bytes of records merged into one request (before compression).
+    pub batch_max_bytes: ByteSize,
+    /// How long a record may wait for more to fill its batch.
+    pub batch_max_age: Duration,
+    /// `gzip` or `none`.
+    pub compression: Compression,
+    /// Time limit of one push.
+    pub timeout: Duration,
+    /// First retry delay; it doubles per failure (with full jitter) up to `retry_max_delay`.
+    pub retry_initial_delay: Duration,
+    /// Longest delay between retries.
+    pub retry_max_delay: Duration,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:4317".into()],
+            batch_max_bytes: ByteSize::mib(2),
+            batch_max_age: Duration::millis(200),
+            compression: Compression::Gzip,
+            timeout: Duration::secs(10),
+            retry_initial_delay: Duration::millis(200),
+            retry_max_delay: Duration::secs(30),
+        }
+    }
+}
+
+/// Compression of pushed requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, which every OTLP receiver accepts.
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// What one exporter did, for `/metrics` and `/status`.
+#[derive(Debug, Default)]
+pub struct ExporterStats {
+    /// Records (queue entries) delivered, per signal (traces, logs, metrics).
+    pub sent_records: [Counter; 3],
+    /// Items (spans, log records, data points) the collector rejected in a partial success.
+    pub rejected_items: [Counter; 3],
+    /// Records dropped after a permanent failure, per signal.
+    pub dropped_records: [Counter; 3],
+    /// Requests pushed successfully.
+    pub requests: Counter,
+    /// Failed pushes that were retried.
+    pub retries: Counter,
+    /// Push latency.
+    pub latency: Histogram,
+    /// Unix ms of the last successful push (0: none yet).
+    pub last_success_unix_ms: AtomicU64,
+    /// Whether the last push succeeded.
+    pub healthy: AtomicBool,
+    /// The last failure, for `/status`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn signal_index(s: Signal) -> usize {
+    match s {
+        Signal::Traces => 0,
+        Signal::Logs => 1,
+        Signal::Metrics => 2,
+    }
+}
+
+impl ExporterStats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        Self { latency: Histogram::new(LATENCY_BOUNDS), ..Default::default() }
+    }
+
+    /// Prometheus text for this exporter, labelled with its endpoint.
+    pub fn render(&self, out: &mut String, endpoint: &str) {
+        let l = |s: Signal| format!("endpoint=\"{endpoint}\",signal=\"{s}\"");
+        for (name, help, c) in [
+            ("skein_agent_sent_records_total", "Queue records the collector acknowledged.", &self.sent_records),
+            ("skein_agent_dropped_records_total", "Queue records dropped after a permanent push failure.", &self.dropped_records),
+            (
+                "skein_agent_rejected_items_total",
+                "Spans, log records or data points the collector rejected in a partial success.",
+                &self.rejected_items,
+            ),
+        ] {
+            metrics::header(out, name, "counter", help);
+            for s in Signal::ALL {
+                metrics::sample(out, name, &l(s), c[signal_index(s)].get());
+            }
+        }
+        let e = format!("endpoint=\"{endpoint}\"");
+        metrics::family(out, "skein_agent_push_requests_total", "counter", "Successful pushes.", &e, self.requests.get());
+        metrics::family(out, "skein_agent_push_retries_total", "counter", "Failed pushes that were retried.", &e, self.retries.get());
+        metrics::family(
+            out,
+            "skein_agent_collector_up",
+            "gauge",
+            "1 if the last push succeeded.",
+            &e,
+            u8::from(self.healthy.load(Ordering::Relaxed)),
+        );
+        metrics::header(out, "skein_agent_push_seconds", "histogram", "Push latency.");
+        self.latency.render(out, "skein_agent_push_seconds", &e);
+    }
+}
+
+/// Raw bytes out, `ExportTraceServiceResponse` in: the three services' responses share one
+/// wire layout (field 1: partial success with field 1 the rejected count, field 2 the message).
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("decoding the response: {e}")))
+    }
+}
+
+/// How a push ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Accepted; the number of items rejected in a partial success and its message.
+    Ok { rejected: i64, message: String },
+    /// Retry, no sooner than the delay the server asked for (if any).
+    Retry { after: Option<std::time::Duration>, reason: String },
+    /// Never retry this batch.
+    Permanent(String),
+}
+
+/// Classifies a gRPC failure the OTLP way.
+pub fn classify(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+    let after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let reason = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
+            Outcome::Retry { after, reason }
+        }
+        Code::ResourceExhausted if after.is_some() => Outcome::Retry { after, reason },
+        _ => Outcome::Permanent(reason),
+    }
+}
+
+/// A full-jitter exponential backoff delay for the `attempt`-th consecutive failure.
+pub fn backoff(cfg: &ExporterConfig, attempt: u32) -> std::time::Duration {
+    let base = cfg.retry_initial_delay.0.saturating_mul(1u32 << attempt.min(16));
+    let cap = base.min(cfg.retry_max_delay.0);
+    // Full jitter from a cheap per-process source: the nanoseconds of the clock.
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
+    let frac = (nanos % 1000) as f64 / 1000.0;
+    cap.mul_f64(0.5 + frac / 2.0)
+}
+
+/// Pushes one queue's records to one collector.
+pub struct Exporter {
+    endpoint: String,
+    cfg: ExporterConfig,
+    queue: Arc<Queue>,
+    /// Woken by the receiver after each append.
+    pub notify: Arc<Notify>,
+    /// What it did.
+    pub stats: Arc<ExporterStats>,
+}
+
+impl Exporter {
+    /// An exporter draining `queue` to `endpoint`.
+    pub fn new(endpoint: String, cfg: ExporterConfig, queue: Arc<Queue>) -> Self {
+        Self { endpoint, cfg, queue, notify: Arc::new(Notify::new()), stats: Arc::new(ExporterStats::new()) }
+    }
+
+    /// The collector address.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Runs until `shutdown` turns true, then goes on pushing what is queued until the queue
+    /// is empty or `drain_for` has passed; what is left stays in the queue for the next start.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain_for: std::time::Duration) {
+        let channel = match Endpoint::from_shared(self.endpoint.clone()) {
+            Ok(e) => e.connect_timeout(self.cfg.timeout.0).timeout(self.cfg.timeout.0).tcp_nodelay(true).connect_lazy(),
+            Err(e) => {
+                tracing::error!(endpoint = %self.endpoint, error = %e, "invalid collector endpoint; nothing will be exported to it");
+                return;
+            }
+        };
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if self.cfg.compression == Compression::Gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        let mut pos = self.queue.cursor();
+        let mut drain_deadline: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            if drain_deadline.is_none() && *shutdown.borrow() {
+                drain_deadline = Some(Instant::now() + drain_for);
+            }
+            if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
+            let batch = match self.read_batch(pos) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(endpoint = %self.endpoint, error = %e, "reading the queue failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if drain_deadline.is_some() {
+                    return;
+                }
+                tokio::select! {
+                    () = self.notify.notified() => {}
+                    _ = shutdown.changed() => {}
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            // Let a small batch fill up, unless its oldest record has waited long enough.
+            let bytes: usize = batch.iter().map(|e| e.data.len()).sum();
+            let age_ms = now_ms().saturating_sub(batch[0].appended_unix_ms);
+            let max_age_ms = self.cfg.batch_max_age.0.as_millis() as u64;
+            if drain_deadline.is_none() && bytes < self.cfg.batch_max_bytes.bytes() as usize && age_ms < max_age_ms {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(max_age_ms - age_ms)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            match self.push(&mut grpc, &batch).await {
+                Ok(next) => {
+                    attempt = 0;
+                    pos = next;
+                    if let Err(e) = self.queue.ack(next) {
+                        tracing::error!(endpoint = %self.endpoint, error = %e, "cannot record the delivery in the queue; records may be sent again after a restart");
+                    }
+                }
+                Err((next, after)) => {
+                    // Records before `next` were delivered; go on from there after a pause.
+                    if next != pos {
+                        pos = next;
+                        let _ = self.queue.ack(next);
+                    }
+                    self.stats.retries.inc();
+                    let delay = backoff(&self.cfg, attempt).max(after.unwrap_or_default());
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_batch(&self, pos: QueuePos) -> skein_wal::Result<Vec<Entry>> {
+        self.queue.read(pos, usize::MAX, self.cfg.batch_max_bytes.bytes() as usize)
+    }
+
+    /// Pushes `batch` as one request per run of records of one signal. `Ok(next)` when all
+    /// were delivered (or dropped as permanent failures); `Err((next, after))` with the
+    /// position of the first record not delivered when a retryable failure stopped it.
+    async fn push(
+        &self,
+        grpc: &mut tonic::client::Grpc<Channel>,
+        batch: &[Entry],
+    ) -> Result<QueuePos, (QueuePos, Option<std::time::Duration>)> {
+        let mut i = 0;
+        while i < batch.len() {
+            let Some(signal) = batch[i].data.first().and_then(|&t| Signal::from_tag(t)) else {
+                tracing::error!(endpoint = %self.endpoint, "queue record has an unknown signal tag; dropping it");
+                i += 1;
+                continue;
+            };
+            let mut j = i;
+            let mut body = bytes::BytesMut::new();
+            while j < batch.len() && batch[j].data.first() == Some(&signal.tag()) {
+                body.extend_from_slice(&batch[j].data[1..]);
+                j += 1;
+            }
+            let t = Instant::now();
+            let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
+            let outcome = match grpc.ready().await {
+                Err(e) => Outcome::Retry { after: None, reason: format!("connecting: {e}") },
+                Ok(()) => match grpc.unary(tonic::Request::new(body.freeze()), path, RawCodec).await {
+                    Ok(resp) => {
+                        let p = resp.into_inner().partial_success.unwrap_or_default();
+                        Outcome::Ok { rejected: p.rejected_spans, message: p.error_message }
+                    }
+                    Err(status) => classify(&status),
+                },
+            };
+            let n = (j - i) as u64;
+            let si = signal_index(signal);
+            match outcome {
+                Outcome::Ok { rejected, message } => {
+                    self.stats.latency.observe(t.elapsed());
+                    self.stats.requests.inc();
+                    self.stats.sent_records[si].add(n);
+                    self.stats.healthy.store(true, Ordering::Relaxed);
+                    self.stats.last_success_unix_ms.store(now_ms(), Ordering::Relaxed);
+                    if rejected > 0 || !message.is_empty() {
+                        self.stats.rejected_items[si].add(u64::try_from(rejected).unwrap_or(0));
+                        tracing::warn!(endpoint = %self.endpoint, %signal, rejected, %message, "collector accepted the export partly");
+                    }
+                }
+                Outcome::Permanent(reason) => {
+                    self.stats.dropped_records[si].add(n);
+                    tracing::error!(endpoint = %self.endpoint, %signal, records = n, %reason, "collector refused the export for good; dropping it");
+                    *self.stats.last_error.lock() = Some(reason);
+                }
+                Outcome::Retry { after, reason } => {
+                    self.stats.healthy.store(false, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %self.endpoint, %signal, records = n, %reason, "push failed; will retry");
+                    *self.stats.last_error.lock() = Some(reason);
+                    return Err((batch[i].pos, after));
+                }
+            }
+            i = j;
+        }
+        Ok(batch.last().map_or_else(|| self.queue.cursor(), |e| e.next))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A queue record for an export of `signal` whose protobuf encoding is `body`.
+pub fn record(signal: Signal, body: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(1 + body.len());
+    r.push(signal.tag());
+    r.extend_from_slice(body);
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! The exporter against a real gRPC server (the collector's OTLP services over a scripted
+//! handler) on loopback.
+
+use super::*;
+use skein_core::ErrorCode;
+use skein_otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use skein_otlp::{ExportTraceServiceRequest, Signal};
+use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, OtlpIngest};
+use std::collections::VecDeque;
+
+#[derive(Default)]
+struct Script {
+    /// (signal, request bytes) of every accepted export.
+    got: Mutex<Vec<(Signal, usize)>>,
+    /// Failures to answer with first, in order.
+    fail: Mutex<VecDeque<ApiError>>,
+    attempts: AtomicU64,
+}
+
+impl OtlpIngest for Script {
+    fn export(&self, _: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async { Err(ApiError::bad_request("json is not used here")) })
+    }
+    fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async move {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = self.fail.lock().pop_front() {
+                return Err(e);
+            }
+            let n = match signal {
+                Signal::Traces => ExportTraceServiceRequest::decode(&body[..])
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum(),
+                _ => body.len(),
+            };
+            self.got.lock().push((signal, n));
+            Ok(ExportOutcome::default())
+        })
+    }
+}
+
+async fn serve(script: Arc<Script>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let m = Arc::new(skein_server::ServerMetrics::default());
+    let svc = tonic::transport::Server::builder()
+        .add_service(skein_server::grpc_trace_service(script.clone(), 1 << 20, m.clone()))
+        .add_service(skein_server::grpc_logs_service(script, 1 << 20, m))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l));
+    tokio::spawn(svc);
+    format!("http://{addr}")
+}
+
+fn spans(n: u8) -> Vec<u8> {
+    let spans = (0..n).map(|i| Span { trace_id: vec![1; 16], span_id: vec![i + 1; 8], ..Default::default() }).collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+    };
+    record(Signal::Traces, &req.encode_to_vec())
+}
+
+fn cfg() -> ExporterConfig {
+    ExporterConfig {
+        batch_max_age: Duration::millis(20),
+        retry_initial_delay: Duration::millis(10),
+        retry_max_delay: Duration::millis(50),
+        timeout: Duration::secs(5),
+        ..Default::default()
+    }
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_runs_of_one_signal_retries_and_acks_only_what_was_delivered() {
+    let script = Arc::new(Script::default());
+    script.fail.lock().push_back(ApiError::new(ErrorCode::Unavailable, "starting"));
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    for n in [2, 3] {
+        queue.append(&spans(n)).unwrap();
+    }
+    queue.append(&record(Signal::Logs, b"\x0a\x00")).unwrap();
+    queue.append(&spans(4)).unwrap();
+    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    // the first push failed and was retried; traces 2+3 went as one request, then logs, then 4
+    assert_eq!(*script.got.lock(), vec![(Signal::Traces, 5), (Signal::Logs, 2), (Signal::Traces, 4)]);
+    assert_eq!(exp.stats.retries.get(), 1);
+    assert_eq!(exp.stats.sent_records[0].get(), 3);
+    assert_eq!(exp.stats.sent_records[1].get(), 1);
+    // later appends are picked up when notified
+    queue.append(&spans(1)).unwrap();
+    exp.notify.notify_one();
+    until("the new record", || script.got.lock().len() == 4).await;
+    tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_drops_the_batch_and_goes_on() {
+    let script = Arc::new(Script::default());
+    script.fail.lock().push_back(ApiError::bad_request("span 0 has a trace id of 3 bytes"));
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    queue.append(&spans(2)).unwrap();
+    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    until("the drop", || exp.stats.dropped_records[0].get() == 1).await;
+    assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("trace id of 3 bytes"));
+    queue.append(&spans(3)).unwrap();
+    exp.notify.notify_one();
+    until("the next record", || script.got.lock().len() == 1).await;
+    assert_eq!(*script.got.lock(), vec![(Signal::Traces, 3)]);
+    assert_eq!(queue.stats().depth.get(), 0);
+    tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_keeps_records_queued_until_it_is_up() {
+    // a port nothing listens on
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    queue.append(&spans(5)).unwrap();
+    let exp = Arc::new(Exporter::new(format!("http://{addr}"), cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_millis(100)));
+    until("a few retries", || exp.stats.retries.get() >= 3).await;
+    assert_eq!(queue.stats().depth.get(), 1, "nothing is acknowledged while the collector is down");
+    assert!(!exp.stats.healthy.load(Ordering::Relaxed));
+    // shutting down gives up after the drain time and leaves the record queued
+    tx.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(queue.stats().depth.get(), 1);
+}
+
+#[test]
+fn statuses_are_classified_the_otlp_way() {
+    use tonic_types::{ErrorDetails, StatusExt};
+    assert!(matches!(classify(&tonic::Status::unavailable("x")), Outcome::Retry { after: None, .. }));
+    assert!(matches!(classify(&tonic::Status::invalid_argument("bad")), Outcome::Permanent(m) if m.contains("bad")));
+    // RESOURCE_EXHAUSTED is retried only with RetryInfo, after the delay it names
+    assert!(matches!(classify(&tonic::Status::resource_exhausted("full")), Outcome::Permanent(_)));
+    let with_info = tonic::Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        "full",
+        ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(3))),
+    );
+    assert_eq!(
+        classify(&with_info),
+        Outcome::Retry { after: Some(std::time::Duration::from_secs(3)), reason: "ResourceExhausted: full".into() }
+    );
+    let c = cfg();
+    for a in 0..20 {
+        let d = backoff(&c, a);
+        assert!(d <= c.retry_max_delay.0 && d >= c.retry_initial_delay.0 / 2, "{d:?}");
+    }
+}
