@@ -40,19 +40,28 @@ pub fn workspace_root() -> PathBuf {
 /// # Errors
 /// The binary does not exist (with a hint how to build it).
 pub fn collector_bin() -> Result<PathBuf> {
-    let path = if let Some(p) = std::env::var_os("SKEIN_COLLECTOR_BIN") {
+    binary("skein-collector", "SKEIN_COLLECTOR_BIN")
+}
+
+/// A workspace binary: `$<env_var>`, else `$CARGO_TARGET_DIR/debug/<name>`, else
+/// `<workspace>/target/debug/<name>`.
+///
+/// # Errors
+/// The binary does not exist (with a hint how to build it).
+pub fn binary(name: &str, env_var: &str) -> Result<PathBuf> {
+    let path = if let Some(p) = std::env::var_os(env_var) {
         PathBuf::from(p)
     } else {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .map(|t| if t.is_relative() { workspace_root().join(t) } else { t })
             .unwrap_or_else(|| workspace_root().join("target"));
-        target.join("debug").join("skein-collector")
+        target.join("debug").join(name)
     };
     if !path.is_file() {
         bail!(
-            "skein-collector binary not found at {}: build it with `cargo build -p skein-collector` \
-             (tests/run-all.sh does), or point SKEIN_COLLECTOR_BIN at it",
+            "{name} binary not found at {}: build it with `cargo build -p {name}` \
+             (tests/run-all.sh does), or point {env_var} at it",
             path.display()
         );
     }

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 pub mod collector;
 pub mod otlp;
 
@@ -33,5 +34,6 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 pub mod s3;
 pub mod wait;
 
-pub use collector::{Collector, CollectorBuilder, Listen, collector_bin, workspace_root};
+pub use agent::{Agent, agent_bin, free_port};
+pub use collector::{Collector, CollectorBuilder, Listen, binary, collector_bin, workspace_root};
 pub use wait::{Condition, wait_until};

@@ -248,6 +248,11 @@ impl Exporter {
         &self.endpoint
     }
 
+    /// The queue it drains.
+    pub fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+
     /// Runs until `shutdown` turns true, then goes on pushing what is queued until the queue
     /// is empty or `drain_for` has passed; what is left stays in the queue for the next start.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain_for: std::time::Duration) {

@@ -498,32 +498,38 @@ impl Queue {
         Ok(self.read(cursor, 1, 1)?.first().map(|e| e.appended_unix_ms))
     }
 
-    /// The queue's metrics in Prometheus text, names prefixed with `prefix` (e.g.
-    /// `skein_agent_queue`).
-    pub fn render_metrics(&self, out: &mut String, prefix: &str) {
-        let s = &self.stats;
-        let counters: [(&str, &Counter, &str); 6] = [
-            ("appended_records_total", &s.appended_records, "Records appended to the queue."),
-            ("appended_bytes_total", &s.appended_bytes, "Bytes of record data appended to the queue."),
-            ("acked_records_total", &s.acked_records, "Records the collector acknowledged and the queue released."),
-            ("dropped_records_total", &s.dropped_records, "Undelivered records dropped because the queue reached its disk cap."),
-            ("dropped_bytes_total", &s.dropped_bytes, "Bytes of segments dropped by the disk cap while they held undelivered records."),
-            ("recovered_corruptions_total", &s.recovered_corruptions, "Corrupt segment tails cut off when the queue was opened."),
+    /// Prometheus text for `queues`, each with its label set (e.g. `endpoint="…"`), names
+    /// prefixed with `prefix` (e.g. `skein_agent_queue`): each family once, a sample per queue.
+    pub fn render_metrics(queues: &[(&str, &Queue)], out: &mut String, prefix: &str) {
+        type Get = fn(&Queue) -> f64;
+        let families: [(&str, &str, &str, Get); 9] = [
+            ("appended_records_total", "counter", "Records appended to the queue.", |q| q.stats.appended_records.get() as f64),
+            ("appended_bytes_total", "counter", "Bytes of record data appended to the queue.", |q| q.stats.appended_bytes.get() as f64),
+            ("acked_records_total", "counter", "Records the collector acknowledged and the queue released.", |q| {
+                q.stats.acked_records.get() as f64
+            }),
+            ("dropped_records_total", "counter", "Undelivered records dropped because the queue reached its disk cap.", |q| {
+                q.stats.dropped_records.get() as f64
+            }),
+            ("dropped_bytes_total", "counter", "Bytes of segments dropped by the disk cap while they held undelivered records.", |q| {
+                q.stats.dropped_bytes.get() as f64
+            }),
+            ("recovered_corruptions_total", "counter", "Corrupt segment tails cut off when the queue was opened.", |q| {
+                q.stats.recovered_corruptions.get() as f64
+            }),
+            ("disk_bytes", "gauge", "Bytes of queue segment files on disk.", |q| q.stats.disk_bytes.get() as f64),
+            ("records", "gauge", "Records in the queue not yet acknowledged.", |q| q.stats.depth.get() as f64),
+            ("oldest_record_age_seconds", "gauge", "Age of the oldest record not yet acknowledged (0 when empty).", |q| {
+                q.oldest_unix_ms().ok().flatten().map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0)
+            }),
         ];
-        for (name, c, help) in counters {
-            metrics::family(out, &format!("{prefix}_{name}"), "counter", help, "", c.get());
+        for (name, kind, help, get) in families {
+            let name = format!("{prefix}_{name}");
+            metrics::header(out, &name, kind, help);
+            for (labels, q) in queues {
+                metrics::sample(out, &name, labels, get(q));
+            }
         }
-        metrics::family(out, &format!("{prefix}_disk_bytes"), "gauge", "Bytes of queue segment files on disk.", "", s.disk_bytes.get());
-        metrics::family(out, &format!("{prefix}_records"), "gauge", "Records in the queue not yet acknowledged.", "", s.depth.get());
-        let age = self.oldest_unix_ms().ok().flatten().map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0);
-        metrics::family(
-            out,
-            &format!("{prefix}_oldest_record_age_seconds"),
-            "gauge",
-            "Age of the oldest record not yet acknowledged (0 when empty).",
-            "",
-            age,
-        );
     }
 }
 
@@ -679,8 +685,8 @@ mod tests {
         let t = q.oldest_unix_ms().unwrap().unwrap();
         assert!(t >= before && t <= now_ms());
         let mut out = String::new();
-        q.render_metrics(&mut out, "skein_agent_queue");
-        assert!(out.contains("skein_agent_queue_records 1\n"), "{out}");
-        assert!(out.contains("skein_agent_queue_appended_records_total 1\n"), "{out}");
+        Queue::render_metrics(&[("endpoint=\"a\"", &q)], &mut out, "skein_agent_queue");
+        assert!(out.contains("skein_agent_queue_records{endpoint=\"a\"} 1\n"), "{out}");
+        assert!(out.contains("skein_agent_queue_appended_records_total{endpoint=\"a\"} 1\n"), "{out}");
     }
 }

@@ -5,6 +5,7 @@
 //! Build the binary first (`cargo build -p skein-collector`), or run `tests/run-all.sh`,
 //! which also creates the Python venv the `python_sdk` test needs.
 
+mod agent;
 mod api;
 mod bad_input;
 mod config;

@@ -1,0 +1,130 @@
+//! The admin port: `/healthz` (the process answers), `/readyz` (queues open, listeners bound),
+//! `/metrics` (Prometheus text) and `/status` (JSON for people and scripts).
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+use skein_core::metrics;
+use skein_exporter::Exporter;
+use skein_server::ServerMetrics;
+use skein_sources::enrich::{AGENT_VERSION, NodeIdentity};
+use skein_sources::otlp::AgentIngest;
+use skein_wal::Queue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    identity: NodeIdentity,
+    ingest: Arc<AgentIngest>,
+    exporters: Vec<Arc<Exporter>>,
+    metrics: Arc<ServerMetrics>,
+    ready: AtomicBool,
+    started: Instant,
+}
+
+impl Admin {
+    pub fn new(identity: NodeIdentity, ingest: Arc<AgentIngest>, exporters: Vec<Arc<Exporter>>, metrics: Arc<ServerMetrics>) -> Self {
+        Self { identity, ingest, exporters, metrics, ready: AtomicBool::new(false), started: Instant::now() }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Records not yet delivered, over every collector's queue.
+    pub fn queued_records(&self) -> i64 {
+        self.exporters.iter().map(|e| e.queue().stats().depth.get()).sum()
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let labels = format!("version=\"{AGENT_VERSION}\",node=\"{}\"", self.identity.node());
+        metrics::family(&mut out, "skein_agent_info", "gauge", "The agent's version and node.", &labels, 1);
+        metrics::family(
+            &mut out,
+            "skein_agent_uptime_seconds",
+            "gauge",
+            "Seconds since the agent started.",
+            "",
+            self.started.elapsed().as_secs(),
+        );
+        self.ingest.stats.render(&mut out);
+        let labels: Vec<String> = self.exporters.iter().map(|e| format!("endpoint=\"{}\"", e.endpoint())).collect();
+        let queues: Vec<(&str, &Queue)> = self.exporters.iter().zip(&labels).map(|(e, l)| (l.as_str(), e.queue().as_ref())).collect();
+        Queue::render_metrics(&queues, &mut out, "skein_agent_queue");
+        for e in &self.exporters {
+            e.stats.render(&mut out, e.endpoint());
+        }
+        self.metrics.render(&mut out);
+        out
+    }
+
+    fn status(&self) -> Value {
+        let node: serde_json::Map<String, Value> = self.identity.attributes().iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+        let collectors: Vec<Value> = self
+            .exporters
+            .iter()
+            .map(|e| {
+                let q = e.queue();
+                let oldest = q.oldest_unix_ms().ok().flatten();
+                let last = e.stats.last_success_unix_ms.load(Ordering::Relaxed);
+                json!({
+                    "endpoint": e.endpoint(),
+                    "healthy": e.stats.healthy.load(Ordering::Relaxed),
+                    "last_success_unix_ms": (last > 0).then_some(last),
+                    "last_error": e.stats.last_error.lock().clone(),
+                    "retries": e.stats.retries.get(),
+                    "queue": {
+                        "records": q.stats().depth.get(),
+                        "disk_bytes": q.stats().disk_bytes.get(),
+                        "oldest_record_unix_ms": oldest,
+                        "dropped_records": q.stats().dropped_records.get(),
+                    },
+                })
+            })
+            .collect();
+        let received: serde_json::Map<String, Value> = skein_otlp::Signal::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name().to_string(), json!(self.ingest.stats.accepted[i].get())))
+            .collect();
+        json!({
+            "version": AGENT_VERSION,
+            "node": self.identity.node(),
+            "resource": node,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "ready": self.ready.load(Ordering::Relaxed),
+            "received": received,
+            "collectors": collectors,
+        })
+    }
+}
+
+pub fn router(admin: Arc<Admin>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(a): State<Arc<Admin>>| async move {
+                if a.ready.load(Ordering::Relaxed) { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "starting\n") }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Admin>>| async move {
+                let body = tokio::task::spawn_blocking(move || a.render_metrics()).await.unwrap_or_default();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+            }),
+        )
+        .route(
+            "/status",
+            get(|State(a): State<Arc<Admin>>| async move {
+                axum::Json(tokio::task::spawn_blocking(move || a.status()).await.unwrap_or_default())
+            }),
+        )
+        .with_state(admin)
+}

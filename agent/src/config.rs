@@ -1,0 +1,165 @@
+//! The agent's configuration: every key, its default, and its documentation. The file
+//! `config/agent.example.toml` shows all of them and a test keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+use skein_core::{ByteSize, Duration};
+use skein_exporter::ExporterConfig;
+use skein_sources::enrich::NodeConfig;
+use std::path::PathBuf;
+
+/// Top-level agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Directory of the queue (one sub-directory per collector) and `listen.json`.
+    pub data_dir: PathBuf,
+    /// How long a SIGTERM waits for the exporters to push what is queued; the rest stays
+    /// queued for the next start.
+    pub shutdown_timeout: Duration,
+    /// OTLP receiver for the apps on this node.
+    pub otlp: OtlpConfig,
+    /// Admin endpoints.
+    pub admin: AdminConfig,
+    /// Node identity overrides (empty values are detected).
+    pub node: NodeConfig,
+    /// The disk-backed queue.
+    pub queue: QueueConfig,
+    /// Pushing to the collector(s).
+    pub exporter: ExporterConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./skein-agent-data"),
+            shutdown_timeout: Duration::secs(10),
+            otlp: OtlpConfig::default(),
+            admin: AdminConfig::default(),
+            node: NodeConfig::default(),
+            queue: QueueConfig::default(),
+            exporter: ExporterConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// OTLP receiver and input limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC listen address (an SDK's default endpoint is `localhost:4317`).
+    pub grpc_addr: String,
+    /// OTLP/HTTP listen address (an SDK's default endpoint is `http://localhost:4318`).
+    pub http_addr: String,
+    /// Largest accepted request body (HTTP, compressed and inflated) or gRPC message: 413 past it.
+    pub max_body_size: ByteSize,
+    /// Attributes kept per span, event and link; the rest are dropped and counted.
+    pub max_attributes_per_span: usize,
+    /// Longest string or bytes attribute value; longer ones are truncated.
+    pub max_attribute_value_len: usize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:4317".into(),
+            http_addr: "127.0.0.1:4318".into(),
+            max_body_size: ByteSize::mib(20),
+            max_attributes_per_span: 128,
+            max_attribute_value_len: 4096,
+        }
+    }
+}
+
+/// Admin endpoints: `/healthz`, `/readyz`, `/metrics`, `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub addr: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { addr: "127.0.0.1:13133".into() }
+    }
+}
+
+/// When the queue syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueSync {
+    /// fdatasync before an app gets its answer: acknowledged data survives a machine crash.
+    Always,
+    /// Leave syncing to the OS: acknowledged data survives an agent crash, not a machine crash.
+    Never,
+}
+
+/// The disk-backed queue (one per collector).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Disk cap of each collector's queue; past it the oldest undelivered data is dropped,
+    /// counted in `/metrics` and logged.
+    pub max_bytes: ByteSize,
+    /// Segment file size (at most a quarter of `max_bytes`).
+    pub segment_size: ByteSize,
+    /// "always" (default) or "never".
+    pub sync: QueueSync,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { max_bytes: ByteSize::gib(1), segment_size: ByteSize::mib(16), sync: QueueSync::Always }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `skein_exporter=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.toml")
+    }
+
+    #[test]
+    fn example_file_is_the_default() {
+        let c: AgentConfig = skein_core::config::load(Some(&example()), Vec::new(), "SKEIN_AGENT_", &[]).unwrap();
+        assert_eq!(c, AgentConfig::default());
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = toml::to_string(&AgentConfig::default()).unwrap();
+        let back: AgentConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, AgentConfig::default());
+    }
+
+    #[test]
+    fn env_and_overrides_layer() {
+        let env = vec![("SKEIN_AGENT_QUEUE__SYNC".to_string(), "never".to_string())];
+        let sets = ["exporter.endpoints=[\"http://a:4317\",\"http://b:4317\"]".to_string(), "node.host_name=web-9".into()];
+        let c: AgentConfig = skein_core::config::load(None, env, "SKEIN_AGENT_", &sets).unwrap();
+        assert_eq!(c.queue.sync, QueueSync::Never);
+        assert_eq!(c.exporter.endpoints, vec!["http://a:4317".to_string(), "http://b:4317".into()]);
+        assert_eq!(c.node.host_name, "web-9");
+        let e = skein_core::config::load::<AgentConfig>(None, Vec::new(), "SKEIN_AGENT_", &["queue.max=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("max"), "{e}");
+    }
+}

@@ -1,0 +1,256 @@
+//! `skein-agent`: parses the command line, loads configuration, opens one queue per
+//! collector, binds the OTLP and admin listeners, runs the exporters, and on SIGTERM stops
+//! taking data, pushes what it can within `shutdown_timeout` and keeps the rest queued.
+//! Logic lives in `crates/` (sources, exporter, wal).
+
+mod admin;
+mod config;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::{AgentConfig, QueueSync};
+use skein_exporter::Exporter;
+use skein_server::ServerMetrics;
+use skein_sources::enrich::NodeIdentity;
+use skein_sources::otlp::{AgentIngest, Destination};
+use skein_wal::{Queue, QueueOptions, SyncPolicy};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Skein agent: OTLP from the apps on this node, stamped with the node's identity, kept in a
+/// disk-backed queue and pushed to the collector.
+#[derive(Parser, Debug)]
+#[command(name = "skein-agent", version)]
+struct Cli {
+    /// TOML configuration file (see config/agent.example.toml).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. `--set exporter.endpoints=["http://collector:4317"]` (repeatable;
+    /// wins over file and env).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    /// Data directory (same as `--set data_dir=DIR`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Collector OTLP/gRPC endpoint (repeatable; replaces `exporter.endpoints`).
+    #[arg(long = "collector", value_name = "URL", global = true)]
+    collectors: Vec<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Load and validate the configuration, then exit.
+    CheckConfig,
+    /// Print the default configuration as TOML.
+    PrintDefaultConfig,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
+    let mut cfg: AgentConfig = skein_core::config::load(cli.config.as_deref(), std::env::vars(), "SKEIN_AGENT_", &cli.set)?;
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if !cli.collectors.is_empty() {
+        cfg.exporter.endpoints.clone_from(&cli.collectors);
+    }
+    for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("admin.addr", &cfg.admin.addr)] {
+        addr.parse::<SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"127.0.0.1:4317\"")
+        })?;
+    }
+    if cfg.exporter.endpoints.is_empty() {
+        anyhow::bail!("invalid configuration: exporter.endpoints is empty; name at least one collector, e.g. [\"http://collector:4317\"]");
+    }
+    for e in &cfg.exporter.endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) || e.parse::<tonic::transport::Uri>().is_err() {
+            anyhow::bail!("invalid configuration: exporter.endpoints has {e:?}; expected a URL such as \"http://collector:4317\"");
+        }
+    }
+    let max_record = skein_wal::MAX_RECORD_LEN as u64 - 64;
+    if cfg.otlp.max_body_size.bytes() > max_record {
+        anyhow::bail!("invalid configuration: otlp.max_body_size = {} is larger than the largest queue record", cfg.otlp.max_body_size);
+    }
+    if cfg.queue.segment_size.bytes().saturating_mul(4) > cfg.queue.max_bytes.bytes() {
+        anyhow::bail!(
+            "invalid configuration: queue.max_bytes = {} must hold at least 4 segments of queue.segment_size = {}",
+            cfg.queue.max_bytes,
+            cfg.queue.segment_size
+        );
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skein-agent: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::PrintDefaultConfig) => {
+            print!("{}", toml::to_string(&AgentConfig::default()).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig) => {
+            println!("configuration is valid");
+            std::process::ExitCode::SUCCESS
+        }
+        Some(Command::Run) | None => {
+            init_logging(&cfg.log.level);
+            // Two worker threads: the agent shares its node with the apps it serves.
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("skein-agent: cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {key} = {addr}"))
+}
+
+/// The queue directory of one collector: its URL made into a file name, so reordering the
+/// list keeps each collector's backlog with it.
+fn queue_dir(data_dir: &Path, endpoint: &str) -> PathBuf {
+    let name: String = endpoint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+    data_dir.join("queue").join(name)
+}
+
+/// Writes `listen.json` with the bound addresses (atomically), so tools and tests that asked
+/// for port 0 learn the real ports.
+fn write_listen_file(dir: &Path, grpc: SocketAddr, http: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let body = serde_json::json!({"otlp_grpc": grpc.to_string(), "otlp_http": http.to_string(), "admin": admin.to_string()});
+    let tmp = dir.join("listen.json.tmp");
+    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join("listen.json")).with_context(|| format!("writing {}/listen.json", dir.display()))?;
+    Ok(())
+}
+
+async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let opts = QueueOptions {
+        max_bytes: cfg.queue.max_bytes.bytes(),
+        segment_size: cfg.queue.segment_size.bytes(),
+        sync: match cfg.queue.sync {
+            QueueSync::Always => SyncPolicy::Always,
+            QueueSync::Never => SyncPolicy::Never,
+        },
+    };
+    let mut exporters = Vec::new();
+    let mut destinations = Vec::new();
+    for endpoint in &cfg.exporter.endpoints {
+        let dir = queue_dir(&cfg.data_dir, endpoint);
+        let q = tokio::task::spawn_blocking({
+            let (dir, opts) = (dir.clone(), opts.clone());
+            move || Queue::open(&dir, opts)
+        })
+        .await?
+        .with_context(|| format!("opening the queue in {}", dir.display()))?;
+        let q = Arc::new(q);
+        let exp = Arc::new(Exporter::new(endpoint.clone(), cfg.exporter.clone(), Arc::clone(&q)));
+        destinations.push(Destination { queue: q, notify: Arc::clone(&exp.notify) });
+        exporters.push(exp);
+    }
+    let identity = NodeIdentity::detect(&cfg.node, &|k| std::env::var(k).ok());
+    let limits = skein_otlp::Limits {
+        max_attributes_per_span: cfg.otlp.max_attributes_per_span,
+        max_attribute_value_len: cfg.otlp.max_attribute_value_len,
+    };
+    let ingest = Arc::new(AgentIngest::new(identity.clone(), &cfg.exporter.endpoints, destinations, limits));
+
+    let grpc_l = bind("otlp.grpc_addr", &cfg.otlp.grpc_addr).await?;
+    let http_l = bind("otlp.http_addr", &cfg.otlp.http_addr).await?;
+    let admin_l = bind("admin.addr", &cfg.admin.addr).await?;
+    let (grpc_addr, http_addr, admin_addr) = (grpc_l.local_addr()?, http_l.local_addr()?, admin_l.local_addr()?);
+    let metrics = Arc::new(ServerMetrics::default());
+    let max_body = cfg.otlp.max_body_size.bytes() as usize;
+    let (stop_rx_tx, stop_rx) = watch::channel(false);
+    let (stop_tx_tx, stop_tx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(skein_server::grpc_trace_service(ingest.clone(), max_body, Arc::clone(&metrics)))
+        .add_service(skein_server::grpc_logs_service(ingest.clone(), max_body, Arc::clone(&metrics)))
+        .add_service(skein_server::grpc_metrics_service(ingest.clone(), max_body, Arc::clone(&metrics)))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(stop_rx.clone()));
+    let http =
+        axum::serve(http_l, skein_server::otlp_http_router(ingest.clone(), &skein_otlp::Signal::ALL, max_body, Arc::clone(&metrics)))
+            .with_graceful_shutdown(wait(stop_rx.clone()));
+    let state = Arc::new(admin::Admin::new(identity, ingest.clone(), exporters.clone(), metrics));
+    let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait(stop_tx.clone()));
+    let grpc = tokio::spawn(grpc);
+    let http = tokio::spawn(async move { http.await });
+    let admin = tokio::spawn(async move { admin.await });
+    let drain = cfg.shutdown_timeout.0;
+    let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();
+    write_listen_file(&cfg.data_dir, grpc_addr, http_addr, admin_addr)?;
+    state.set_ready();
+    tracing::info!(
+        otlp_grpc = %grpc_addr,
+        otlp_http = %http_addr,
+        admin = %admin_addr,
+        collectors = ?cfg.exporter.endpoints,
+        data_dir = %cfg.data_dir.display(),
+        "listening"
+    );
+
+    shutdown_signal().await;
+    tracing::info!(timeout = ?drain, "shutting down: no new data; pushing what is queued");
+    // Stop taking data first, then let the exporters drain.
+    let _ = stop_rx_tx.send(true);
+    let _ = tokio::join!(grpc, http);
+    let _ = stop_tx_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!(records_left_in_queue = state.queued_records(), "stopped");
+    let _ = admin.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

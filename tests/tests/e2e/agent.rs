@@ -1,0 +1,147 @@
+//! The agent between apps and the collector, with real processes: spans sent to the agent
+//! arrive at the collector stamped with the agent's node; a collector outage and a `kill -9`
+//! of the agent lose nothing the agent acknowledged; a full queue drops the oldest data and
+//! says so; the agent links no arrow, parquet or datafusion.
+
+use crate::support::spans_by_id;
+use prost::Message;
+use skein_tests::otlp::{self, hex};
+use skein_tests::{Agent, Collector, free_port, metric_sum, wait_until};
+use std::time::Duration;
+
+/// A trace of `n` spans from an app whose resource names only its service (so the agent's
+/// node identity is what the collector sees).
+fn app_trace(n: usize) -> (Vec<u8>, String) {
+    let tid = otlp::random_trace_id();
+    let end = otlp::now_ns();
+    let spans = (0..n)
+        .map(|i| otlp::SpanBuilder::new(tid, otlp::random_span_id(), format!("op {i}")).times(end - 1_000_000, end).build())
+        .collect();
+    let mut rs = otlp::resource_spans("checkout", "unused", spans);
+    if let Some(r) = rs.resource.as_mut() {
+        r.attributes.retain(|kv| kv.key == "service.name");
+    }
+    (otlp::request(vec![rs]).encode_to_vec(), hex(&tid))
+}
+
+async fn span_count(c: &Collector, tid: &str) -> usize {
+    match c.get_json(&format!("/api/v1/traces/{tid}")).await {
+        Ok((200, v)) => spans_by_id(&v).len(),
+        _ => 0,
+    }
+}
+
+async fn all_arrived(c: &Collector, sent: &[(String, usize)]) -> bool {
+    for (tid, n) in sent {
+        if span_count(c, tid).await != *n {
+            return false;
+        }
+    }
+    true
+}
+
+const FAST_RETRY: [(&str, &str); 3] =
+    [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "500ms"), ("node.host_name", "node-a")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_stamped_and_an_outage_loses_nothing() {
+    let port = free_port().unwrap();
+    let mut collector = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.unwrap();
+    let agent = Agent::start(&[format!("http://127.0.0.1:{port}")], &FAST_RETRY).await.unwrap();
+
+    let (body, tid) = app_trace(3);
+    assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+    wait_until(Duration::from_secs(30), "the first trace at the collector", || async { span_count(&collector, &tid).await == 3 })
+        .await
+        .unwrap();
+    let (_, trace) = collector.get_json(&format!("/api/v1/traces/{tid}")).await.unwrap();
+    let text = trace.to_string();
+    assert!(text.contains("node-a"), "the agent's node identity is on the spans: {text}");
+    assert!(text.contains("skein.agent.version"), "{text}");
+
+    // The collector goes away; the app keeps sending and the agent keeps answering 200.
+    collector.kill9().unwrap();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (body, tid) = app_trace(1 + i % 4);
+        assert_eq!(agent.post("traces", body).await.unwrap(), 200, "the agent acks while the collector is down");
+        sent.push((tid, 1 + i % 4));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = agent.metrics().await.unwrap();
+    assert!(metric_sum(&m, "skein_agent_queue_records") >= 1.0, "records wait in the queue:\n{m}");
+    assert!(metric_sum(&m, "skein_agent_push_retries_total") >= 1.0, "{m}");
+    let status = agent.status().await.unwrap();
+    assert_eq!(status["collectors"][0]["healthy"], false, "{status}");
+
+    collector.restart().await.unwrap();
+    wait_until(Duration::from_secs(60), "every acked trace at the restarted collector", || async { all_arrived(&collector, &sent).await })
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "an empty queue", || async {
+        metric_sum(&agent.metrics().await.unwrap_or_default(), "skein_agent_queue_records") == 0.0
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_agent_loses_nothing_it_acknowledged() {
+    // The collector is not up yet: everything the agent acks stays in its queue.
+    let port = free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut agent = Agent::start(std::slice::from_ref(&url), &FAST_RETRY).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let (body, tid) = app_trace(1 + i % 3);
+        assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+        sent.push((tid, 1 + i % 3));
+    }
+    agent.kill9().unwrap();
+    let collector = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.unwrap();
+    agent.restart().await.unwrap();
+    wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(&collector, &sent).await })
+        .await
+        .unwrap();
+    // exactly once as seen by the API (spans_by_id panics on a duplicate)
+    for (tid, n) in &sent {
+        assert_eq!(span_count(&collector, tid).await, *n);
+    }
+    // SIGTERM: a clean exit
+    let status = agent.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_data_counts_it_and_stays_healthy() {
+    let port = free_port().unwrap();
+    let sets = [("queue.max_bytes", "256KiB"), ("queue.segment_size", "32KiB"), ("queue.sync", "never")];
+    let agent = Agent::start(&[format!("http://127.0.0.1:{port}")], &sets).await.unwrap();
+    // ~1 MiB of spans (2.4 KB a request) with nowhere to go
+    for _ in 0..400 {
+        let (body, _) = app_trace(40);
+        assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+    }
+    let m = agent.metrics().await.unwrap();
+    assert!(metric_sum(&m, "skein_agent_queue_dropped_records_total") > 0.0, "{m}");
+    assert!(metric_sum(&m, "skein_agent_queue_disk_bytes") <= 256.0 * 1024.0, "{m}");
+    assert_eq!(agent.admin_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(agent.admin_get("/readyz").await.unwrap().0, 200);
+    assert!(agent.log().contains("dropped its oldest undelivered records"), "the drop is logged");
+}
+
+#[test]
+fn the_agent_links_no_arrow_parquet_or_datafusion() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "-p", "skein-agent", "-e", "normal", "--prefix", "none", "--offline"])
+        .current_dir(skein_tests::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.lines().any(|l| l.starts_with("skein-agent ")), "{tree}");
+    let heavy: Vec<&str> =
+        tree.lines().filter(|l| ["arrow", "parquet", "datafusion", "object_store"].iter().any(|h| l.starts_with(h))).collect();
+    assert!(heavy.is_empty(), "the agent links {heavy:?}");
+}
