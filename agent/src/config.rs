@@ -162,4 +162,37 @@ mod tests {
         let e = skein_core::config::load::<AgentConfig>(None, Vec::new(), "SKEIN_AGENT_", &["queue.max=1".into()]).unwrap_err();
         assert!(e.to_string().contains("max"), "{e}");
     }
+
+    /// The sidecar example's ConfigMap and environment load as they are written.
+    #[test]
+    fn kubernetes_sidecar_example_loads() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let yaml = std::fs::read_to_string(root.join("k8s-sidecar.yaml")).unwrap();
+        let toml_text: String = yaml
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with("agent.toml: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, toml_text).unwrap();
+        let value_of = |name: &str| -> String {
+            let mut lines = yaml.lines().skip_while(|l| !l.contains(&format!("name: {name}")));
+            lines.next();
+            let v = lines.next().unwrap().trim().strip_prefix("value: ").unwrap();
+            v.trim_matches('\'').to_string()
+        };
+        let env = ["SKEIN_AGENT_EXPORTER__ENDPOINTS", "SKEIN_AGENT_DATA_DIR"].map(|k| (k.to_string(), value_of(k)));
+        let c: AgentConfig = skein_core::config::load(Some(&file), env, "SKEIN_AGENT_", &[]).unwrap();
+        assert_eq!(c.exporter.endpoints, vec!["http://skein-collector.observability.svc:4317".to_string()]);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/skein-agent"));
+        assert_eq!(c.admin.addr, "0.0.0.0:13133");
+        assert_eq!(c.shutdown_timeout, Duration::secs(20));
+        // the systemd unit runs the agent with a config file and its state directory
+        let unit = std::fs::read_to_string(root.join("skein-agent.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/local/bin/skein-agent --config /etc/skein/agent.toml --data-dir /var/lib/skein-agent run"));
+        assert!(unit.contains("StateDirectory=skein-agent"));
+    }
 }

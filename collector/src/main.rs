@@ -48,7 +48,10 @@ enum Command {
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
-    let mut cfg: CollectorConfig = skein_core::config::load(cli.config.as_deref(), std::env::vars(), "SKEIN_", &cli.set)?;
+    // `SKEIN_AGENT_*` configures the agent (which may share the environment, e.g. in a test
+    // or on a host running both), not the collector.
+    let env = std::env::vars().filter(|(k, _)| !k.starts_with("SKEIN_AGENT_"));
+    let mut cfg: CollectorConfig = skein_core::config::load(cli.config.as_deref(), env, "SKEIN_", &cli.set)?;
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }

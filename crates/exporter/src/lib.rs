@@ -3,7 +3,7 @@
 //! Each queue record is one OTLP export of one signal: a [`Signal::tag`] byte, then the
 //! protobuf `Export*ServiceRequest`. The exporter reads records in order, merges consecutive
 //! records of one signal into one request (protobuf concatenation of messages appends their
-//! repeated fields) up to a size, waits up to an age for a batch to fill, pushes it gzip'ed,
+//! repeated fields) up to a size, waits up to an age for a batch to fill, pushes it compressed,
 //! and acknowledges the queue only after the collector answered OK. So a record leaves the
 //! disk only once the collector has it.
 //!
@@ -49,7 +49,7 @@ pub struct ExporterConfig {
     pub batch_max_bytes: ByteSize,
     /// How long a record may wait for more to fill its batch.
     pub batch_max_age: Duration,
-    /// `gzip` or `none`.
+    /// `zstd`, `gzip` or `none`.
     pub compression: Compression,
     /// Time limit of one push.
     pub timeout: Duration,
@@ -65,7 +65,7 @@ impl Default for ExporterConfig {
             endpoints: vec!["http://127.0.0.1:4317".into()],
             batch_max_bytes: ByteSize::mib(2),
             batch_max_age: Duration::millis(200),
-            compression: Compression::Gzip,
+            compression: Compression::Zstd,
             timeout: Duration::secs(10),
             retry_initial_delay: Duration::millis(200),
             retry_max_delay: Duration::secs(30),
@@ -77,6 +77,9 @@ impl Default for ExporterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// zstd: several times cheaper than gzip for a similar ratio; Skein's collector and the
+    /// OpenTelemetry Collector accept it.
+    Zstd,
     /// gzip, which every OTLP receiver accepts.
     Gzip,
     /// No compression.
@@ -264,8 +267,10 @@ impl Exporter {
             }
         };
         let mut grpc = tonic::client::Grpc::new(channel);
-        if self.cfg.compression == Compression::Gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        match self.cfg.compression {
+            Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
+            Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
+            Compression::None => {}
         }
         let mut pos = self.queue.cursor();
         let mut drain_deadline: Option<Instant> = None;

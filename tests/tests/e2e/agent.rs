@@ -145,3 +145,50 @@ fn the_agent_links_no_arrow_parquet_or_datafusion() {
         tree.lines().filter(|l| ["arrow", "parquet", "datafusion", "object_store"].iter().any(|h| l.starts_with(h))).collect();
     assert!(heavy.is_empty(), "the agent links {heavy:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_collectors_a_trace_lands_on_one_and_a_dead_one_only_holds_back_its_share() {
+    let (pa, pb) = (free_port().unwrap(), free_port().unwrap());
+    let urls = [format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}")];
+    let a = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{pa}")).start().await.unwrap();
+    let mut b = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{pb}")).start().await.unwrap();
+    let agent = Agent::start(&urls, &FAST_RETRY).await.unwrap();
+    let ring = skein_exporter::Ring::new(&urls);
+    let owner = |tid: &str| ring.pick(&(0..16).map(|i| u8::from_str_radix(&tid[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>());
+
+    let send = |n: usize| {
+        let agent = &agent;
+        async move {
+            let mut sent = Vec::new();
+            for i in 0..n {
+                let (body, tid) = app_trace(2 + i % 3);
+                assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+                sent.push((tid, 2 + i % 3));
+            }
+            sent
+        }
+    };
+    let first = send(30).await;
+    let (on_a, on_b): (Vec<_>, Vec<_>) = first.iter().cloned().partition(|(t, _)| owner(t) == 0);
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "30 traces use both collectors");
+    wait_until(Duration::from_secs(30), "each trace whole on its collector", || async {
+        all_arrived(&a, &on_a).await && all_arrived(&b, &on_b).await
+    })
+    .await
+    .unwrap();
+    for (tid, _) in &on_a {
+        assert_eq!(span_count(&b, tid).await, 0, "trace {tid} is on one collector only");
+    }
+
+    // B dies: A's share keeps flowing, B's waits in B's queue.
+    b.kill9().unwrap();
+    let second = send(30).await;
+    let (on_a, on_b): (Vec<_>, Vec<_>) = second.iter().cloned().partition(|(t, _)| owner(t) == 0);
+    wait_until(Duration::from_secs(30), "A's share while B is down", || async { all_arrived(&a, &on_a).await }).await.unwrap();
+    let status = agent.status().await.unwrap();
+    let queued: i64 = status["collectors"].as_array().unwrap().iter().map(|c| c["queue"]["records"].as_i64().unwrap_or(0)).sum();
+    assert!(queued >= 1, "B's share is queued: {status}");
+
+    b.restart().await.unwrap();
+    wait_until(Duration::from_secs(60), "B's backlog after it returns", || async { all_arrived(&b, &on_b).await }).await.unwrap();
+}
