@@ -49,7 +49,8 @@ fn cpu_secs(pid: u32) -> Result<f64> {
 /// VmRSS of `pid` in MiB.
 fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).context("no VmRSS")?.parse()?;
+    let kb: f64 =
+        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).context("no VmRSS")?.parse()?;
     Ok(kb / 1024.0)
 }
 

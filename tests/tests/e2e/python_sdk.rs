@@ -181,3 +181,59 @@ async fn python_sdk_three_processes_one_trace() {
         assert!(jaeger_tag(js, "span.kind").is_some(), "{js}");
     }
 }
+
+/// The same SDK processes, but each exporting to its node's agent (two agents with different
+/// identities, one gRPC and one HTTP), the agents pushing to one collector: the trace arrives
+/// whole, and every span carries its agent's identity next to what the app set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_through_two_agents() {
+    let python = venv_python();
+    let c = Collector::start().await.expect("collector starts");
+    let upstream = [format!("http://{}", c.listen().otlp_grpc)];
+    let a = skein_tests::Agent::start(&upstream, &[("node.k8s_pod_name", "pod-a"), ("node.k8s_node_name", "worker-1")]).await.unwrap();
+    let b = skein_tests::Agent::start(&upstream, &[("node.k8s_pod_name", "pod-b"), ("node.k8s_node_name", "worker-2")]).await.unwrap();
+    let chain = json!([
+        {"service": "py-frontend", "host": "py-node-a", "protocol": "grpc",
+         "endpoint": a.otlp_grpc_url().trim_start_matches("http://"), "operation": "GET /cart"},
+        {"service": "py-api", "host": "py-node-b", "protocol": "http", "endpoint": b.otlp_http_url().trim_start_matches("http://")},
+    ]);
+    let script = workspace_root().join("tests/python/otel_node.py");
+    let mut cmd = tokio::process::Command::new(&python);
+    cmd.arg(&script).arg("--chain").arg(chain.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output()).await.expect("the Python nodes finished").expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the Python nodes failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let reports = parse_reports(&stdout);
+    assert_eq!(reports.len(), 2, "{stdout}");
+    let tid = reports[0].trace_id.clone();
+    let expected: BTreeMap<String, String> =
+        reports.iter().flat_map(|r| r.spans.iter().map(move |(id, _, _)| (id.clone(), r.host.clone()))).collect();
+    // The SDKs were acked by the agents; the agents push within their batch age.
+    let trace = skein_tests::wait_until(Duration::from_secs(30), "the whole trace at the collector", || {
+        let (c, tid, n) = (&c, tid.clone(), expected.len());
+        async move {
+            match c.get_json(&format!("/api/v1/traces/{tid}")).await {
+                Ok((200, t)) if t["span_count"] == n => Some(t),
+                _ => None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let spans = spans_by_id(&trace);
+    assert_eq!(spans.keys().cloned().collect::<BTreeSet<_>>(), expected.keys().cloned().collect::<BTreeSet<_>>(), "{trace}");
+    assert_eq!(trace["complete"], true, "{trace}");
+    for (id, host) in &expected {
+        let r = &spans[id]["resource"];
+        let (pod, node) = if host == "py-node-a" { ("pod-a", "worker-1") } else { ("pod-b", "worker-2") };
+        assert_eq!(r["host.name"], host.as_str(), "the app's host.name is kept: {r}");
+        assert_eq!(r["k8s.pod.name"], pod, "{r}");
+        assert_eq!(r["k8s.node.name"], node, "{r}");
+        assert!(r["skein.agent.version"].is_string(), "{r}");
+    }
+}
