@@ -2,6 +2,7 @@
 //! `config/agent.example.toml` shows all of them and a test keeps the two in step.
 
 use serde::{Deserialize, Serialize};
+pub use skein_core::config::LogConfig;
 use skein_core::{ByteSize, Duration};
 use skein_exporter::ExporterConfig;
 use skein_sources::enrich::NodeConfig;
@@ -116,39 +117,14 @@ impl Default for QueueConfig {
     }
 }
 
-/// Logging.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Level or filter (`info`, `debug`, `skein_exporter=debug,info`); `RUST_LOG` overrides it.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { level: "info".into() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn example() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.toml")
-    }
-
     #[test]
-    fn example_file_is_the_default() {
-        let c: AgentConfig = skein_core::config::load(Some(&example()), Vec::new(), "SKEIN_AGENT_", &[]).unwrap();
-        assert_eq!(c, AgentConfig::default());
-    }
-
-    #[test]
-    fn default_round_trips_through_toml() {
-        let text = toml::to_string(&AgentConfig::default()).unwrap();
-        let back: AgentConfig = toml::from_str(&text).unwrap();
-        assert_eq!(back, AgentConfig::default());
+    fn example_file_and_toml_round_trip_are_the_default() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.toml");
+        skein_core::config::check_example_and_default::<AgentConfig>(&example, "SKEIN_AGENT_").unwrap();
     }
 
     #[test]

@@ -7,17 +7,16 @@ mod admin;
 mod config;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use config::{AgentConfig, QueueSync};
 use skein_exporter::Exporter;
 use skein_server::ServerMetrics;
+use skein_server::process::{Command, ConfigArgs, bind, check_socket_addrs, main_with, shutdown_signal, write_listen_file};
 use skein_sources::enrich::NodeIdentity;
 use skein_sources::otlp::{AgentIngest, Destination};
 use skein_wal::{Queue, QueueOptions, SyncPolicy};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Skein agent: OTLP from the apps on this node, stamped with the node's identity, kept in a
@@ -25,16 +24,8 @@ use tokio::sync::watch;
 #[derive(Parser, Debug)]
 #[command(name = "skein-agent", version)]
 struct Cli {
-    /// TOML configuration file (see config/agent.example.toml).
-    #[arg(long, short = 'c', global = true)]
-    config: Option<PathBuf>,
-    /// Override one key, e.g. `--set exporter.endpoints=["http://collector:4317"]` (repeatable;
-    /// wins over file and env).
-    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
-    set: Vec<String>,
-    /// Data directory (same as `--set data_dir=DIR`).
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: ConfigArgs,
     /// Collector OTLP/gRPC endpoint (repeatable; replaces `exporter.endpoints`).
     #[arg(long = "collector", value_name = "URL", global = true)]
     collectors: Vec<String>,
@@ -42,29 +33,19 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Load and validate the configuration, then exit.
-    CheckConfig,
-    /// Print the default configuration as TOML.
-    PrintDefaultConfig,
-}
-
 fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
-    let mut cfg: AgentConfig = skein_core::config::load(cli.config.as_deref(), std::env::vars(), "SKEIN_AGENT_", &cli.set)?;
-    if let Some(d) = &cli.data_dir {
+    let mut cfg: AgentConfig = cli.cfg.load("SKEIN_AGENT_", &[])?;
+    if let Some(d) = &cli.cfg.data_dir {
         cfg.data_dir = d.clone();
     }
     if !cli.collectors.is_empty() {
         cfg.exporter.endpoints.clone_from(&cli.collectors);
     }
-    for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("admin.addr", &cfg.admin.addr)] {
-        addr.parse::<SocketAddr>().map_err(|e| {
-            anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"127.0.0.1:4317\"")
-        })?;
-    }
+    check_socket_addrs(&[
+        ("otlp.grpc_addr", &cfg.otlp.grpc_addr),
+        ("otlp.http_addr", &cfg.otlp.http_addr),
+        ("admin.addr", &cfg.admin.addr),
+    ])?;
     if cfg.exporter.endpoints.is_empty() {
         anyhow::bail!("invalid configuration: exporter.endpoints is empty; name at least one collector, e.g. [\"http://collector:4317\"]");
     }
@@ -89,50 +70,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg = match load_config(&cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skein-agent: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match cli.command {
-        Some(Command::PrintDefaultConfig) => {
-            print!("{}", toml::to_string(&AgentConfig::default()).unwrap_or_default());
-            std::process::ExitCode::SUCCESS
-        }
-        Some(Command::CheckConfig) => {
-            println!("configuration is valid");
-            std::process::ExitCode::SUCCESS
-        }
-        Some(Command::Run) | None => {
-            init_logging(&cfg.log.level);
-            // Two worker threads: the agent shares its node with the apps it serves.
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("skein-agent: cannot start the runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(run(cfg)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {key} = {addr}"))
+    // Two worker threads: the agent shares its node with the apps it serves.
+    main_with("skein-agent", load_config(&cli), cli.command, |c: &AgentConfig| &c.log.level, Some(2), run)
 }
 
 /// The queue directory of one collector: its URL made into a file name, so reordering the
@@ -140,16 +79,6 @@ async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
 fn queue_dir(data_dir: &Path, endpoint: &str) -> PathBuf {
     let name: String = endpoint.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
     data_dir.join("queue").join(name)
-}
-
-/// Writes `listen.json` with the bound addresses (atomically), so tools and tests that asked
-/// for port 0 learn the real ports.
-fn write_listen_file(dir: &Path, grpc: SocketAddr, http: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({"otlp_grpc": grpc.to_string(), "otlp_http": http.to_string(), "admin": admin.to_string()});
-    let tmp = dir.join("listen.json.tmp");
-    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("listen.json")).with_context(|| format!("writing {}/listen.json", dir.display()))?;
-    Ok(())
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -210,7 +139,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let admin = tokio::spawn(async move { admin.await });
     let drain = cfg.shutdown_timeout.0;
     let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();
-    write_listen_file(&cfg.data_dir, grpc_addr, http_addr, admin_addr)?;
+    write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
         otlp_grpc = %grpc_addr,
@@ -233,24 +162,4 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(records_left_in_queue = state.queued_records(), "stopped");
     let _ = admin.await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

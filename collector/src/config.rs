@@ -2,6 +2,7 @@
 //! `config/collector.example.toml` shows all of them and a test keeps the two in step.
 
 use serde::{Deserialize, Serialize};
+pub use skein_core::config::LogConfig;
 use skein_core::{ByteSize, Duration};
 use std::path::PathBuf;
 
@@ -140,39 +141,14 @@ impl Default for HeadConfig {
     }
 }
 
-/// Logging.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Level or filter (`info`, `debug`, `skein_storage=debug,info`); `RUST_LOG` overrides it.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { level: "info".into() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn example() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/collector.example.toml")
-    }
-
     #[test]
-    fn example_file_is_the_default() {
-        let c: CollectorConfig = skein_core::config::load(Some(&example()), Vec::new(), "SKEIN_", &[]).unwrap();
-        assert_eq!(c, CollectorConfig::default());
-    }
-
-    #[test]
-    fn default_round_trips_through_toml() {
-        let text = toml::to_string(&CollectorConfig::default()).unwrap();
-        let back: CollectorConfig = toml::from_str(&text).unwrap();
-        assert_eq!(back, CollectorConfig::default());
+    fn example_file_and_toml_round_trip_are_the_default() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/collector.example.toml");
+        skein_core::config::check_example_and_default::<CollectorConfig>(&example, "SKEIN_").unwrap();
     }
 
     #[test]

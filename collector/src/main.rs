@@ -6,30 +6,21 @@ mod demo;
 mod handlers;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use config::{CollectorConfig, WalSync};
 use handlers::Collector;
 use skein_server::ServerMetrics;
+use skein_server::process::{Command, ConfigArgs, bind, check_socket_addrs, main_with, shutdown_signal, write_listen_file};
 use skein_storage::{Store, StoreConfig};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Skein trace collector: OTLP in, durable WAL, Arrow head, trace queries and the Jaeger API out.
 #[derive(Parser, Debug)]
 #[command(name = "skein-collector", version)]
 struct Cli {
-    /// TOML configuration file (see config/collector.example.toml).
-    #[arg(long, short = 'c', global = true)]
-    config: Option<PathBuf>,
-    /// Override one key, e.g. `--set head.memory_limit=2GiB` (repeatable; wins over file and env).
-    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
-    set: Vec<String>,
-    /// Data directory (same as `--set data_dir=DIR`).
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: ConfigArgs,
     /// Also run three simulated nodes sending realistic traces, so there is data to look at.
     #[arg(long)]
     demo: bool,
@@ -37,22 +28,11 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the collector (the default).
-    Run,
-    /// Load and validate the configuration, then exit.
-    CheckConfig,
-    /// Print the default configuration as TOML.
-    PrintDefaultConfig,
-}
-
 fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
     // `SKEIN_AGENT_*` configures the agent (which may share the environment, e.g. in a test
     // or on a host running both), not the collector.
-    let env = std::env::vars().filter(|(k, _)| !k.starts_with("SKEIN_AGENT_"));
-    let mut cfg: CollectorConfig = skein_core::config::load(cli.config.as_deref(), env, "SKEIN_", &cli.set)?;
-    if let Some(d) = &cli.data_dir {
+    let mut cfg: CollectorConfig = cli.cfg.load("SKEIN_", &["SKEIN_AGENT_"])?;
+    if let Some(d) = &cli.cfg.data_dir {
         cfg.data_dir = d.clone();
     }
     // A request must fit one WAL record (and Arrow's 32-bit offsets).
@@ -63,69 +43,18 @@ fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
             cfg.otlp.max_body_size
         );
     }
-    for (key, addr) in [("otlp.grpc_addr", &cfg.otlp.grpc_addr), ("otlp.http_addr", &cfg.otlp.http_addr), ("query.addr", &cfg.query.addr)] {
-        addr.parse::<SocketAddr>().map_err(|e| {
-            anyhow::anyhow!("invalid configuration: {key} = {addr:?} is not a socket address ({e}); expected e.g. \"0.0.0.0:4317\"")
-        })?;
-    }
+    check_socket_addrs(&[
+        ("otlp.grpc_addr", &cfg.otlp.grpc_addr),
+        ("otlp.http_addr", &cfg.otlp.http_addr),
+        ("query.addr", &cfg.query.addr),
+    ])?;
     Ok(cfg)
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg = match load_config(&cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("skein-collector: {e:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match cli.command {
-        Some(Command::PrintDefaultConfig) => {
-            print!("{}", toml::to_string(&CollectorConfig::default()).unwrap_or_default());
-            std::process::ExitCode::SUCCESS
-        }
-        Some(Command::CheckConfig) => {
-            println!("configuration is valid");
-            std::process::ExitCode::SUCCESS
-        }
-        Some(Command::Run) | None => {
-            init_logging(&cfg.log.level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("skein-collector: cannot start the runtime: {e}");
-                    return std::process::ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(run(cfg, cli.demo)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {key} = {addr}"))
-}
-
-/// Writes `listen.json` with the bound addresses (atomically), so tools and tests that asked
-/// for port 0 learn the real ports.
-fn write_listen_file(dir: &Path, grpc: SocketAddr, http: SocketAddr, query: SocketAddr) -> anyhow::Result<()> {
-    let body = serde_json::json!({"otlp_grpc": grpc.to_string(), "otlp_http": http.to_string(), "query": query.to_string()});
-    let tmp = dir.join("listen.json.tmp");
-    std::fs::write(&tmp, body.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("listen.json")).with_context(|| format!("writing {}/listen.json", dir.display()))?;
-    Ok(())
+    let demo = cli.demo;
+    main_with("skein-collector", load_config(&cli), cli.command, |c: &CollectorConfig| &c.log.level, None, move |cfg| run(cfg, demo))
 }
 
 async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
@@ -162,7 +91,7 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
     let query = tokio::spawn(async move { query.await });
-    write_listen_file(&cfg.data_dir, grpc_addr, http_addr, query_addr)?;
+    write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("query", query_addr)])?;
     tracing::info!(otlp_grpc = %grpc_addr, otlp_http = %http_addr, query = %query_addr, data_dir = %cfg.data_dir.display(), "listening");
 
     let store_cfg = StoreConfig {
@@ -224,24 +153,4 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

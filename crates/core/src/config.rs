@@ -154,3 +154,38 @@ mod tests {
         assert!(e.to_string().contains("limt"), "{e}");
     }
 }
+
+/// Logging, the same section in every binary's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `skein_storage=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// For tests of a binary's example file: loads `example` (no environment, no overrides) and
+/// serialises the default through TOML and back; both must equal `T::default()`.
+///
+/// # Errors
+/// Which of the two differs, and how.
+pub fn check_example_and_default<T>(example: &Path, env_prefix: &str) -> Result<(), String>
+where
+    T: DeserializeOwned + serde::Serialize + Default + PartialEq + std::fmt::Debug,
+{
+    let loaded: T = load(Some(example), Vec::new(), env_prefix, &[]).map_err(|e| e.to_string())?;
+    if loaded != T::default() {
+        return Err(format!("{} differs from the defaults:\n{loaded:#?}\nvs\n{:#?}", example.display(), T::default()));
+    }
+    let text = toml::to_string(&T::default()).map_err(|e| e.to_string())?;
+    let back: T = toml::from_str(&text).map_err(|e| e.to_string())?;
+    if back != T::default() {
+        return Err(format!("the default does not round-trip through TOML:\n{text}"));
+    }
+    Ok(())
+}

@@ -158,10 +158,11 @@ impl ExporterStats {
     }
 }
 
-/// Raw bytes out, `ExportTraceServiceResponse` in: the three services' responses share one
-/// wire layout (field 1: partial success with field 1 the rejected count, field 2 the message).
-#[derive(Clone, Copy)]
-struct RawCodec;
+/// A gRPC codec sending pre-encoded request bytes as they are and decoding the answer as an
+/// `ExportTraceServiceResponse`: the three services' responses share one wire layout (field 1:
+/// partial success with field 1 the rejected count, field 2 the message).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;

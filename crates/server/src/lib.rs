@@ -13,6 +13,7 @@ mod ingest;
 mod jaeger;
 mod ops;
 mod params;
+pub mod process;
 
 pub use error::ApiError;
 pub use grpc::{OtlpGrpcService, grpc_logs_service, grpc_metrics_service, grpc_trace_service};

@@ -24,10 +24,11 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use prost::Message;
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::Bytes;
 use serde_json::{Value, json};
+use skein_exporter::RawCodec;
+use skein_otlp::ExportTraceServiceRequest;
 use skein_otlp::synth::{Synth, SynthConfig};
-use skein_otlp::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tonic::Status;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
@@ -186,40 +186,6 @@ fn decode_only(w: &Workload) -> Result<f64> {
         if started.elapsed() >= Duration::from_secs(1) {
             return Ok(spans as f64 / started.elapsed().as_secs_f64());
         }
-    }
-}
-
-/// Sends pre-encoded request bytes as they are; decodes the answer with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        ExportTraceServiceResponse::decode(src).map(Some).map_err(|e| Status::internal(format!("decoding the response: {e}")))
     }
 }
 

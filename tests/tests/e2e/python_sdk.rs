@@ -27,6 +27,19 @@ fn venv_python() -> PathBuf {
     python
 }
 
+/// `otel_node.py --chain CHAIN` under `python`, without any inherited `OTEL_*` setting.
+fn node_chain(python: &std::path::Path, chain: &Value) -> tokio::process::Command {
+    let script = workspace_root().join("tests/python/otel_node.py");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(&script).arg("--chain").arg(chain.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// What one node reported about its spans.
 struct NodeReport {
     service: String,
@@ -69,14 +82,7 @@ async fn python_sdk_three_processes_one_trace() {
         {"service": "py-api", "host": "py-node-b", "protocol": "http", "endpoint": http},
         {"service": "py-db", "host": "py-node-c", "protocol": "http-gzip", "endpoint": http},
     ]);
-    let script = workspace_root().join("tests/python/otel_node.py");
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script).arg("--chain").arg(chain.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = node_chain(&python, &chain);
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
         .await
         .expect("the Python nodes finished within 180 s")
@@ -197,14 +203,7 @@ async fn python_sdk_through_two_agents() {
          "endpoint": a.otlp_grpc_url().trim_start_matches("http://"), "operation": "GET /cart"},
         {"service": "py-api", "host": "py-node-b", "protocol": "http", "endpoint": b.otlp_http_url().trim_start_matches("http://")},
     ]);
-    let script = workspace_root().join("tests/python/otel_node.py");
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script).arg("--chain").arg(chain.to_string()).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = node_chain(&python, &chain);
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.output()).await.expect("the Python nodes finished").expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the Python nodes failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

@@ -53,8 +53,7 @@ fn trace(t: u8, error: bool) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest { resource_spans: vec![rs("frontend", &format!("web-{t}"), vec![root]), rs("api", "api-1", vec![child])] }
 }
 
-async fn engine() -> (tempfile::TempDir, Engine) {
-    let dir = tempfile::tempdir().unwrap();
+async fn open_store(dir: &std::path::Path) -> Arc<Store> {
     let cfg = skein_storage::StoreConfig {
         memory_limit: 1 << 30,
         limits: skein_otlp::Limits::default(),
@@ -62,7 +61,12 @@ async fn engine() -> (tempfile::TempDir, Engine) {
         max_inflight_bytes: 64 << 20,
         storage: skein_storage::StorageConfig::default(),
     };
-    let (store, _) = Store::open(dir.path(), cfg).await.unwrap();
+    Store::open(dir, cfg).await.unwrap().0
+}
+
+async fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
     // half the traces in a block, half in the head
     for t in 1..=10u8 {
         store.ingest_traces(trace(t, t % 5 == 0)).await.unwrap();
@@ -204,14 +208,7 @@ async fn search_reads_blocks_with_the_span_level_filters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_reads_blocks_newest_first_and_stops_when_older_ones_cannot_matter() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = skein_storage::StoreConfig {
-        memory_limit: 1 << 30,
-        limits: skein_otlp::Limits::default(),
-        wal: skein_wal::WalOptions::default(),
-        max_inflight_bytes: 64 << 20,
-        storage: skein_storage::StorageConfig::default(),
-    };
-    let (store, _) = Store::open(dir.path(), cfg).await.unwrap();
+    let store = open_store(dir.path()).await;
     // three blocks of four traces each, later traces starting later: blocks cover successive
     // time ranges, as when flushed one after the other
     for t in 1..=12u8 {
