@@ -204,3 +204,28 @@ async fn concurrent_flushes_write_each_head_once() {
     assert_eq!(snap.blocks.iter().map(|b| b.meta.rows).sum::<u64>(), 60);
     assert_eq!(s.head_stats().rows, 0);
 }
+
+#[tokio::test]
+async fn blocks_do_not_store_end_time_and_reads_put_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), StorageConfig::default()).await;
+    s.ingest_traces(req(7, 1..6)).await.unwrap();
+    let before: Vec<(i64, i64)> =
+        s.trace(&TraceId([7; 16])).await.unwrap().iter().map(|r| (r.start_time_unix_nano, r.end_time_unix_nano)).collect();
+    s.flush_now().await.unwrap();
+    let block = s.snapshot().blocks[0].clone();
+    let bytes = std::fs::read(dir.path().join(&block.meta.path)).unwrap();
+    let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+    let cols: Vec<String> = parquet::file::reader::FileReader::metadata(&reader)
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.path().string())
+        .collect();
+    assert!(cols.contains(&"start_time".to_string()) && !cols.contains(&"end_time".to_string()), "{cols:?}");
+    let after: Vec<(i64, i64)> =
+        s.trace(&TraceId([7; 16])).await.unwrap().iter().map(|r| (r.start_time_unix_nano, r.end_time_unix_nano)).collect();
+    assert_eq!(before.len(), 5);
+    assert_eq!(before, after);
+}

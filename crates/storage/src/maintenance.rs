@@ -22,6 +22,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use skein_columnar::spans::with_end_time;
 use skein_core::metrics;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -320,7 +321,9 @@ impl Store {
             let perr = |source| Error::Parquet { path: b.path.clone(), source };
             let stream = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(perr)?.build().map_err(perr)?;
             let read: Vec<RecordBatch> = stream.try_collect().await.map_err(perr)?;
-            batches.extend(read.into_iter().map(Arc::new));
+            for r in read {
+                batches.push(Arc::new(with_end_time(&r)?));
+            }
             for (s, ops) in &b.operations {
                 operations.entry(s.clone()).or_default().extend(ops.iter().cloned());
             }

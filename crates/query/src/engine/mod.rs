@@ -77,7 +77,7 @@ pub struct SqlAnswer {
 }
 
 const SPANS_VIEW: &str = "CREATE VIEW spans AS SELECT trace_id, span_id, parent_span_id, trace_state, flags, name, kind, \
-    start_time, end_time, duration_ns, status_code, status_message, service_name, node, \
+    start_time, arrow_cast(arrow_cast(start_time, 'Int64') + duration_ns, 'Timestamp(Nanosecond, Some(\"UTC\"))') AS end_time, duration_ns, status_code, status_message, service_name, node, \
     resource_attributes(resource) AS resource_attributes, attributes, scope_name, scope_version, events, links, \
     dropped_attributes_count, dropped_events_count, dropped_links_count FROM spans_raw";
 

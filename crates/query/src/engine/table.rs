@@ -1,5 +1,6 @@
 //! The `spans_raw` table provider: the head batches and the listed blocks of one store
-//! snapshot as one DataFusion table, and the `resource_attributes` function that turns the
+//! snapshot as one DataFusion table of the stored schema (no `end_time`; the `spans` view
+//! computes it), and the `resource_attributes` function that turns the
 //! stored resource encoding into a map.
 
 use arrow::array::{Array, ArrayBuilder, ArrayRef, AsArray, MapArray, RecordBatch, StringBuilder, StructArray};
@@ -20,7 +21,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
-use skein_columnar::spans::{map_entries, map_type, resource_attributes, resource_type, schema};
+use skein_columnar::spans::{map_entries, map_type, resource_attributes, resource_type, stored_columns, stored_schema};
 use skein_storage::Snapshot;
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ fn start_range(filters: &[Expr]) -> (i64, i64) {
 #[async_trait]
 impl TableProvider for SpansTable {
     fn schema(&self) -> SchemaRef {
-        schema()
+        stored_schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -102,10 +103,11 @@ impl TableProvider for SpansTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = schema();
+        let schema = stored_schema();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if self.part == Part::All && !self.snapshot.head.is_empty() {
-            let batches: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.as_ref().clone()).collect();
+            // The head has `end_time`; the table has the stored columns (the view adds it back).
+            let batches: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.project(stored_columns())).collect::<Result<_, _>>()?;
             // One partition per core's share of batches, so the head is scanned in parallel.
             let parts = state.config().target_partitions().max(1);
             let per = batches.len().div_ceil(parts).max(1);

@@ -237,3 +237,24 @@ async fn search_reads_blocks_newest_first_and_stops_when_older_ones_cannot_matte
     assert_eq!(search(3).await.unwrap(), vec![12, 11, 10]);
     assert!(search(5).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_time_is_start_plus_duration_in_head_and_blocks_alike() {
+    let (_dir, e) = engine().await;
+    // blocks do not store end_time; the view computes it, with the same type as the head's
+    let r = rows(
+        &e,
+        "SELECT count(*), sum(CASE WHEN arrow_cast(end_time, 'Int64') - arrow_cast(start_time, 'Int64') = duration_ns THEN 1 ELSE 0 END), \
+         min(arrow_typeof(end_time)) FROM spans",
+    )
+    .await;
+    assert_eq!(r[0][0], 20, "{r:?}");
+    assert_eq!(r[0][1], 20, "{r:?}");
+    assert!(r[0][2].as_str().unwrap_or("").contains("UTC"), "{r:?}");
+    // and filters on it work
+    let r = rows(&e, "SELECT count(*) FROM spans WHERE end_time > start_time").await;
+    assert_eq!(r[0][0], 20, "{r:?}");
+    let cols =
+        rows(&e, "SELECT column_name FROM information_schema.columns WHERE table_name = 'spans_raw' AND column_name = 'end_time'").await;
+    assert!(cols.is_empty(), "spans_raw is the stored table, without end_time: {cols:?}");
+}

@@ -27,7 +27,7 @@ use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
-use skein_columnar::spans::col;
+use skein_columnar::spans::{col, with_end_time};
 use std::sync::Arc;
 
 /// A listed block and, once loaded, its Parquet metadata and bloom filters.
@@ -140,7 +140,7 @@ impl Block {
             let Some(ids) = ids else { continue };
             let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.value(i) == &id[..])).collect();
             if keep.true_count() > 0 {
-                out.push(arrow::compute::filter_record_batch(&b, &keep)?);
+                out.push(with_end_time(&arrow::compute::filter_record_batch(&b, &keep)?)?);
             }
         }
         Ok(out)

@@ -1,5 +1,6 @@
-//! Encoding spans as a block: one Parquet file, sorted by trace id (then start time), zstd,
-//! with page statistics on every column and a bloom filter on `trace_id`.
+//! Encoding spans as a block: one Parquet file of the stored schema (no `end_time`, which is
+//! start + duration), sorted by trace id (then start time), zstd, with page statistics on every
+//! column and a bloom filter on `trace_id`.
 
 use crate::config::BlockConfig;
 use arrow::array::{RecordBatch, UInt32Array};
@@ -8,7 +9,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
-use skein_columnar::spans::{SpanView, schema};
+use skein_columnar::spans::{SpanView, schema, stored_columns, stored_schema};
 use std::collections::HashSet;
 
 /// A block's bytes and what the manifest needs to know about them.
@@ -109,7 +110,7 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
     }
     drop(keys);
     let props = properties(cfg, traces / (kept.len().div_ceil(cfg.row_group_rows.max(1)) as u64).max(1), tweak)?;
-    let mut w = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
+    let mut w = ArrowWriter::try_new(Vec::new(), stored_schema(), Some(props))?;
     // One contiguous copy, then a `take` per chunk. (Interleaving straight from the head's
     // batches costs time in proportion to the number of batches for every chunk, because the
     // dictionary and nested columns set up per source array: quadratic in the head's size.)
@@ -122,7 +123,7 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
     }
     for chunk in kept.chunks(CHUNK_ROWS) {
         let idx: UInt32Array = chunk.iter().map(|&(b, r)| starts[b] + r as u32).collect();
-        w.write(&arrow::compute::take_record_batch(&all, &idx)?)?;
+        w.write(&arrow::compute::take_record_batch(&all, &idx)?.project(stored_columns())?)?;
     }
     drop(all);
     let bytes = w.into_inner()?;
