@@ -228,13 +228,14 @@ impl Queue {
         }
         // No record at or after the stored cursor: either its segment is gone because the cap
         // dropped it (start at the oldest remaining record) or everything was acknowledged.
-        let cursor = cursor.unwrap_or_else(|| match (stored, segs.front()) {
-            (Some(c), Some(first)) if c.segment < first.id => {
-                QueuePos { lsn: Lsn { segment: first.id, offset: HEADER_LEN }, seq: first.first_seq }
-            }
-            (Some(_), _) => QueuePos { lsn: Lsn { segment: 0, offset: HEADER_LEN }, seq },
-            (None, Some(first)) => QueuePos { lsn: Lsn { segment: first.id, offset: HEADER_LEN }, seq: first.first_seq },
-            (None, None) => QueuePos { lsn: Lsn { segment: 0, offset: HEADER_LEN }, seq: 0 },
+        // The first segment after the stored cursor's (or the oldest, without a cursor) starts
+        // the unacknowledged records; with none, everything was acknowledged.
+        let cursor = cursor.unwrap_or_else(|| {
+            let next = segs.iter().find(|s| stored.is_none_or(|c| s.id > c.segment));
+            next.map_or(QueuePos { lsn: Lsn { segment: 0, offset: HEADER_LEN }, seq }, |s| QueuePos {
+                lsn: Lsn { segment: s.id, offset: HEADER_LEN },
+                seq: s.first_seq,
+            })
         });
         let id = segs.back().map_or(1, |s| s.id + 1).max(cursor.lsn.segment + 1);
         let path = segment::path(dir, id);
@@ -658,6 +659,25 @@ mod tests {
         drop(q);
         let q = Queue::open(dir.path(), o).unwrap();
         assert_eq!(datas(&q, q.cursor()), kept);
+    }
+
+    #[test]
+    fn a_cursor_whose_segment_is_gone_resumes_at_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        for i in 0..100 {
+            q.append(&rec(i)).unwrap();
+        }
+        let all = q.read(q.cursor(), usize::MAX, usize::MAX).unwrap();
+        // acknowledge into the second segment, then lose that segment's file
+        let second = all.iter().find(|e| e.pos.lsn.segment != all[0].pos.lsn.segment).unwrap().pos.lsn.segment;
+        let at = all.iter().position(|e| e.pos.lsn.segment == second).unwrap() + 1;
+        q.ack(all[at].pos).unwrap();
+        drop(q);
+        std::fs::remove_file(segment::path(dir.path(), second)).unwrap();
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        let next = all.iter().position(|e| e.pos.lsn.segment > second).unwrap();
+        assert_eq!(datas(&q, q.cursor()), (next..100).map(rec).collect::<Vec<_>>());
     }
 
     #[test]
