@@ -192,3 +192,24 @@ async fn with_two_collectors_a_trace_lands_on_one_and_a_dead_one_only_holds_back
     b.restart().await.unwrap();
     wait_until(Duration::from_secs(60), "B's backlog after it returns", || async { all_arrived(&b, &on_b).await }).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_pushes_what_is_queued_before_exiting() {
+    let port = free_port().unwrap();
+    let collector = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.unwrap();
+    // Batches wait up to 30 s to fill, so without the drain on SIGTERM nothing would be sent.
+    let sets = [("exporter.batch_max_age", "30s"), ("shutdown_timeout", "10s")];
+    let mut agent = Agent::start(&[format!("http://127.0.0.1:{port}")], &sets).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let (body, tid) = app_trace(1 + i % 3);
+        assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+        sent.push((tid, 1 + i % 3));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!all_arrived(&collector, &sent).await, "still waiting for the batch to fill");
+    let status = agent.terminate(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(all_arrived(&collector, &sent).await, "the agent pushed its queue before exiting");
+    assert!(agent.log().contains("records_left_in_queue=0"), "{}", agent.log());
+}
