@@ -54,9 +54,21 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             anyhow::bail!("invalid configuration: exporter.endpoints has {e:?}; expected a URL such as \"http://collector:4317\"");
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = cfg.exporter.endpoints.iter().find(|e| !seen.insert(e.trim_end_matches('/'))) {
+        anyhow::bail!("invalid configuration: exporter.endpoints lists {dup:?} twice");
+    }
+    for (key, d) in [("exporter.timeout", cfg.exporter.timeout), ("exporter.retry_initial_delay", cfg.exporter.retry_initial_delay)] {
+        if d.0.is_zero() {
+            anyhow::bail!("invalid configuration: {key} = 0s; it must be positive (e.g. \"200ms\")");
+        }
+    }
     let max_record = skein_wal::MAX_RECORD_LEN as u64 - 64;
     if cfg.otlp.max_body_size.bytes() > max_record {
-        anyhow::bail!("invalid configuration: otlp.max_body_size = {} is larger than the largest queue record", cfg.otlp.max_body_size);
+        anyhow::bail!(
+            "invalid configuration: otlp.max_body_size = {} is larger than the largest queue record ({max_record} bytes)",
+            cfg.otlp.max_body_size
+        );
     }
     if cfg.queue.segment_size.bytes().saturating_mul(4) > cfg.queue.max_bytes.bytes() {
         anyhow::bail!(

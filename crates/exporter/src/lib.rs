@@ -95,6 +95,8 @@ pub struct ExporterStats {
     pub rejected_items: [Counter; 3],
     /// Records dropped after a permanent failure, per signal.
     pub dropped_records: [Counter; 3],
+    /// Queue records with an unknown signal tag, dropped (a bug or a damaged queue).
+    pub unknown_records: Counter,
     /// Requests pushed successfully.
     pub requests: Counter,
     /// Failed pushes that were retried.
@@ -283,7 +285,7 @@ impl Exporter {
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
             }
-            let batch = match self.read_batch(pos) {
+            let batch = match self.read_batch(pos).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(endpoint = %self.endpoint, error = %e, "reading the queue failed");
@@ -317,15 +319,13 @@ impl Exporter {
                 Ok(next) => {
                     attempt = 0;
                     pos = next;
-                    if let Err(e) = self.queue.ack(next) {
-                        tracing::error!(endpoint = %self.endpoint, error = %e, "cannot record the delivery in the queue; records may be sent again after a restart");
-                    }
+                    self.ack(next).await;
                 }
                 Err((next, after)) => {
                     // Records before `next` were delivered; go on from there after a pause.
                     if next != pos {
                         pos = next;
-                        let _ = self.queue.ack(next);
+                        self.ack(next).await;
                     }
                     self.stats.retries.inc();
                     let delay = backoff(&self.cfg, attempt).max(after.unwrap_or_default());
@@ -339,11 +339,29 @@ impl Exporter {
         }
     }
 
-    fn read_batch(&self, pos: QueuePos) -> skein_wal::Result<Vec<Entry>> {
-        self.queue.read(pos, usize::MAX, self.cfg.batch_max_bytes.bytes() as usize)
+    /// Reads from `pos` on the blocking pool (file I/O; the agent has two async workers).
+    async fn read_batch(&self, pos: QueuePos) -> skein_wal::Result<Vec<Entry>> {
+        let (queue, max) = (Arc::clone(&self.queue), self.cfg.batch_max_bytes.bytes() as usize);
+        tokio::task::spawn_blocking(move || queue.read(pos, usize::MAX, max)).await.unwrap_or_else(|e| {
+            Err(skein_wal::Error::Read { segment: pos.lsn.segment, path: "(queue)".into(), source: std::io::Error::other(e) })
+        })
     }
 
-    /// Pushes `batch` as one request per run of records of one signal. `Ok(next)` when all
+    /// Acknowledges up to `next` on the blocking pool (cursor write and fsync, segment deletes).
+    async fn ack(&self, next: QueuePos) {
+        let queue = Arc::clone(&self.queue);
+        match tokio::task::spawn_blocking(move || queue.ack(next)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(endpoint = %self.endpoint, error = %e, "cannot record the delivery in the queue; these records may be sent again after a restart");
+            }
+            Err(e) => tracing::error!(endpoint = %self.endpoint, error = %e, "the queue's ack task failed"),
+        }
+    }
+
+    /// Pushes `batch` as one request per run of records of one signal (at most
+    /// `batch_max_bytes`, or a single larger record); when the collector refuses a merged run
+    /// for good, its records are sent again one at a time, so only the bad ones are dropped. `Ok(next)` when all
     /// were delivered (or dropped as permanent failures); `Err((next, after))` with the
     /// position of the first record not delivered when a retryable failure stopped it.
     async fn push(
@@ -351,16 +369,26 @@ impl Exporter {
         grpc: &mut tonic::client::Grpc<Channel>,
         batch: &[Entry],
     ) -> Result<QueuePos, (QueuePos, Option<std::time::Duration>)> {
+        let max = self.cfg.batch_max_bytes.bytes() as usize;
         let mut i = 0;
+        // Records before this index go one per request: a merged run was refused for good, so
+        // each record gets its own verdict and one bad record does not take the others along.
+        let mut single_until = 0;
         while i < batch.len() {
             let Some(signal) = batch[i].data.first().and_then(|&t| Signal::from_tag(t)) else {
-                tracing::error!(endpoint = %self.endpoint, "queue record has an unknown signal tag; dropping it");
+                let tag = batch[i].data.first().copied();
+                tracing::error!(endpoint = %self.endpoint, ?tag, seq = batch[i].pos.seq, "queue record has an unknown signal tag; dropping it");
+                self.stats.unknown_records.inc();
                 i += 1;
                 continue;
             };
+            // A run of one signal, at most `batch_max_bytes` (a larger record goes alone).
             let mut j = i;
             let mut body = bytes::BytesMut::new();
-            while j < batch.len() && batch[j].data.first() == Some(&signal.tag()) {
+            while j < batch.len()
+                && batch[j].data.first() == Some(&signal.tag())
+                && (j == i || (i >= single_until && body.len() + batch[j].data.len() <= max))
+            {
                 body.extend_from_slice(&batch[j].data[1..]);
                 j += 1;
             }
@@ -389,6 +417,10 @@ impl Exporter {
                         self.stats.rejected_items[si].add(u64::try_from(rejected).unwrap_or(0));
                         tracing::warn!(endpoint = %self.endpoint, %signal, rejected, %message, "collector accepted the export partly");
                     }
+                }
+                Outcome::Permanent(_) if n > 1 => {
+                    single_until = j;
+                    continue;
                 }
                 Outcome::Permanent(reason) => {
                     self.stats.dropped_records[si].add(n);

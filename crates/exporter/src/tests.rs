@@ -28,13 +28,14 @@ impl OtlpIngest for Script {
                 return Err(e);
             }
             let n = match signal {
-                Signal::Traces => ExportTraceServiceRequest::decode(&body[..])
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?
-                    .resource_spans
-                    .iter()
-                    .flat_map(|r| &r.scope_spans)
-                    .map(|s| s.spans.len())
-                    .sum(),
+                Signal::Traces => {
+                    let req = ExportTraceServiceRequest::decode(&body[..]).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    let spans: Vec<&Span> = req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+                    if spans.iter().any(|s| s.span_id == [0xEE; 8]) {
+                        return Err(ApiError::bad_request("span 0xeeeeeeeeeeeeeeee is poisoned"));
+                    }
+                    spans.len()
+                }
                 _ => body.len(),
             };
             self.got.lock().push((signal, n));
@@ -175,4 +176,56 @@ fn statuses_are_classified_the_otlp_way() {
         let d = backoff(&c, a);
         assert!(d <= c.retry_max_delay.0 && d >= c.retry_initial_delay.0 / 2, "{d:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_merged_run_is_retried_record_by_record_so_only_the_bad_one_is_dropped() {
+    let script = Arc::new(Script::default());
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    let poisoned = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span { trace_id: vec![2; 16], span_id: vec![0xEE; 8], ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    queue.append(&spans(2)).unwrap();
+    queue.append(&record(Signal::Traces, &poisoned.encode_to_vec())).unwrap();
+    queue.append(&spans(3)).unwrap();
+    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    assert_eq!(*script.got.lock(), vec![(Signal::Traces, 2), (Signal::Traces, 3)]);
+    assert_eq!(exp.stats.dropped_records[0].get(), 1);
+    assert_eq!(exp.stats.sent_records[0].get(), 2);
+    tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_stay_under_the_batch_size() {
+    let script = Arc::new(Script::default());
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    let one = spans(10);
+    for _ in 0..10 {
+        queue.append(&one).unwrap();
+    }
+    // room for about three records a request
+    let c = ExporterConfig { batch_max_bytes: ByteSize((one.len() * 3 + 10) as u64), ..cfg() };
+    let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    let got = script.got.lock().clone();
+    assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 100);
+    assert!(got.iter().all(|g| g.1 <= 30), "{got:?}");
+    tx.send(true).unwrap();
+    task.await.unwrap();
 }

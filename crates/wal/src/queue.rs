@@ -237,7 +237,9 @@ impl Queue {
                 seq: s.first_seq,
             })
         });
-        let id = segs.back().map_or(1, |s| s.id + 1).max(cursor.lsn.segment + 1);
+        // Past every segment and past the stored cursor: a new segment never gets an id the
+        // cursor already went beyond (a CURSOR left over after the segment files were removed).
+        let id = segs.back().map_or(1, |s| s.id + 1).max(cursor.lsn.segment + 1).max(stored.map_or(0, |c| c.segment) + 1);
         let path = segment::path(dir, id);
         let active = segment::create(dir, id).map_err(|source| Error::Create { segment: id, path, source })?;
         segs.push_back(Seg { id, len: HEADER_LEN, first_seq: seq, records: 0 });
@@ -495,8 +497,34 @@ impl Queue {
     /// # Errors
     /// Its segment could not be read.
     pub fn oldest_unix_ms(&self) -> Result<Option<u64>> {
-        let cursor = self.cursor();
-        Ok(self.read(cursor, 1, 1)?.first().map(|e| e.appended_unix_ms))
+        // The first record's frame header and append time only, not its data.
+        let (cursor, end) = {
+            let inner = self.inner.lock();
+            (inner.cursor, inner.end())
+        };
+        if cursor.seq >= end.seq {
+            return Ok(None);
+        }
+        let inner = self.inner.lock();
+        let Some(seg) = inner
+            .segs
+            .iter()
+            .find(|s| s.id >= cursor.lsn.segment && s.records > 0 && (s.id > cursor.lsn.segment || cursor.lsn.offset < s.len))
+        else {
+            return Ok(None);
+        };
+        let (id, offset) = (seg.id, if seg.id == cursor.lsn.segment { cursor.lsn.offset } else { HEADER_LEN });
+        drop(inner);
+        let mut f = match File::open(segment::path(&self.dir, id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(&self.dir, id)(e)),
+        };
+        let mut head = [0u8; segment::FRAME_HEADER_LEN + TIME_LEN];
+        f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut head)).map_err(read_error(&self.dir, id))?;
+        let mut t = [0u8; TIME_LEN];
+        t.copy_from_slice(&head[segment::FRAME_HEADER_LEN..]);
+        Ok(Some(u64::from_le_bytes(t)))
     }
 
     /// Prometheus text for `queues`, each with its label set (e.g. `endpoint="…"`), names
@@ -540,9 +568,17 @@ fn corrupt(dir: &Path, id: u64, offset: u64, reason: String) -> Error {
 
 /// The persisted cursor, if there is a valid one.
 fn read_cursor(dir: &Path) -> Option<Lsn> {
-    let buf = fs::read(dir.join(CURSOR)).ok()?;
+    let path = dir.join(CURSOR);
+    let buf = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the queue cursor; starting from the oldest segment (records may be sent again)");
+            return None;
+        }
+    };
     if buf.len() != 20 {
-        tracing::warn!(len = buf.len(), "queue cursor file has the wrong size; starting from the oldest segment");
+        tracing::warn!(path = %path.display(), len = buf.len(), "queue cursor file has the wrong size; starting from the oldest segment");
         return None;
     }
     let word = |i: usize| {
@@ -553,7 +589,7 @@ fn read_cursor(dir: &Path) -> Option<Lsn> {
     let mut c = [0u8; 4];
     c.copy_from_slice(&buf[16..20]);
     if crc32fast::hash(&buf[..16]) != u32::from_le_bytes(c) {
-        tracing::warn!("queue cursor file fails its checksum; starting from the oldest segment");
+        tracing::warn!(path = %path.display(), "queue cursor file fails its checksum; starting from the oldest segment");
         return None;
     }
     Some(Lsn { segment: word(0), offset: word(8) })
@@ -678,6 +714,28 @@ mod tests {
         let q = Queue::open(dir.path(), opts()).unwrap();
         let next = all.iter().position(|e| e.pos.lsn.segment > second).unwrap();
         assert_eq!(datas(&q, q.cursor()), (next..100).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cursor_left_after_the_segments_were_removed_does_not_swallow_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        for i in 0..50 {
+            q.append(&rec(i)).unwrap();
+        }
+        let all = q.read(q.cursor(), usize::MAX, usize::MAX).unwrap();
+        q.ack(all.last().unwrap().next).unwrap();
+        drop(q);
+        for id in segment::list(dir.path()).unwrap() {
+            std::fs::remove_file(segment::path(dir.path(), id)).unwrap();
+        }
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        for i in 0..3 {
+            q.append(&rec(i)).unwrap();
+        }
+        drop(q); // no ack: a crash right after the app was answered
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        assert_eq!(datas(&q, q.cursor()), (0..3).map(rec).collect::<Vec<_>>());
     }
 
     #[test]

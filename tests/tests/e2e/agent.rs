@@ -103,10 +103,23 @@ async fn kill_9_of_the_agent_loses_nothing_it_acknowledged() {
     wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(&collector, &sent).await })
         .await
         .unwrap();
-    // exactly once as seen by the API (spans_by_id panics on a duplicate)
+    // Exactly once as seen by the API (spans_by_id panics on a duplicate), and stored once:
+    // nothing was delivered before the kill, so no retry could have sent anything twice.
     for (tid, n) in &sent {
         assert_eq!(span_count(&collector, tid).await, *n);
     }
+    let stored = collector
+        .http()
+        .post(collector.query_url("/api/v1/sql"))
+        .json(&serde_json::json!({"query": "SELECT count(*), count(DISTINCT span_id) FROM spans"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let total: usize = sent.iter().map(|(_, n)| n).sum();
+    assert_eq!(stored["rows"][0], serde_json::json!([total, total]), "{stored}");
     // SIGTERM: a clean exit
     let status = agent.terminate(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "{status}");

@@ -251,6 +251,11 @@ async fn end_time_is_start_plus_duration_in_head_and_blocks_alike() {
     assert_eq!(r[0][0], 20, "{r:?}");
     assert_eq!(r[0][1], 20, "{r:?}");
     assert!(r[0][2].as_str().unwrap_or("").contains("UTC"), "{r:?}");
+    // the values the spans were sent with: the root of trace t ends 10 ms after it starts
+    // (traces 1-5 are in a block, 6-10 in the head)
+    let r = rows(&e, "SELECT arrow_cast(end_time, 'Int64') FROM spans WHERE name = 'GET /cart' ORDER BY start_time").await;
+    let want: Vec<Value> = (1..=10u64).map(|t| serde_json::json!(1_700_000_000_000_000_000u64 + t * 1_000_000 + 10_000_000)).collect();
+    assert_eq!(r.into_iter().map(|row| row[0].clone()).collect::<Vec<_>>(), want);
     // and filters on it work
     let r = rows(&e, "SELECT count(*) FROM spans WHERE end_time > start_time").await;
     assert_eq!(r[0][0], 20, "{r:?}");
