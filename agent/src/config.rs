@@ -60,6 +60,9 @@ pub struct OtlpConfig {
     pub max_attributes_per_span: usize,
     /// Longest string or bytes attribute value; longer ones are truncated.
     pub max_attribute_value_len: usize,
+    /// Request bytes decoded, stamped or queued at once (at least one max_body_size); past it
+    /// exports get 429 / RESOURCE_EXHAUSTED with a short retry hint.
+    pub max_inflight_bytes: ByteSize,
 }
 
 impl Default for OtlpConfig {
@@ -70,6 +73,7 @@ impl Default for OtlpConfig {
             max_body_size: ByteSize::mib(20),
             max_attributes_per_span: 128,
             max_attribute_value_len: 4096,
+            max_inflight_bytes: ByteSize::mib(64),
         }
     }
 }

@@ -123,7 +123,14 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         max_attributes_per_span: cfg.otlp.max_attributes_per_span,
         max_attribute_value_len: cfg.otlp.max_attribute_value_len,
     };
-    let ingest = Arc::new(AgentIngest::new(identity.clone(), &cfg.exporter.endpoints, destinations, limits));
+    let inflight = cfg.otlp.max_inflight_bytes.bytes().max(cfg.otlp.max_body_size.bytes());
+    let ingest = Arc::new(AgentIngest::new(
+        identity.clone(),
+        &cfg.exporter.endpoints,
+        destinations,
+        limits,
+        usize::try_from(inflight).unwrap_or(usize::MAX),
+    ));
 
     let grpc_l = bind("otlp.grpc_addr", &cfg.otlp.grpc_addr).await?;
     let http_l = bind("otlp.http_addr", &cfg.otlp.http_addr).await?;

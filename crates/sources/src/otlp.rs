@@ -35,6 +35,8 @@ pub struct ReceiverStats {
     pub rejected_spans: Counter,
     /// Exports refused because the queue could not be written.
     pub queue_failures: Counter,
+    /// Exports refused because `otlp.max_inflight_bytes` were being handled already.
+    pub busy: Counter,
 }
 
 impl ReceiverStats {
@@ -69,6 +71,9 @@ pub struct AgentIngest {
     ring: Ring,
     destinations: Vec<Destination>,
     limits: Limits,
+    /// Request bytes being decoded, stamped or queued at once (one permit a byte).
+    inflight: tokio::sync::Semaphore,
+    max_inflight: usize,
     /// Counters.
     pub stats: ReceiverStats,
 }
@@ -76,8 +81,34 @@ pub struct AgentIngest {
 impl AgentIngest {
     /// A receiver stamping `identity`, splitting over `destinations` (one per collector, in
     /// the order of `endpoints`).
-    pub fn new(identity: NodeIdentity, endpoints: &[String], destinations: Vec<Destination>, limits: Limits) -> Self {
-        Self { identity, ring: Ring::new(endpoints), destinations, limits, stats: ReceiverStats::default() }
+    ///
+    /// At most `max_inflight` request bytes are handled at once; past it exports get 429
+    /// (`RESOURCE_EXHAUSTED`) with a short retry hint, so many large requests at once cannot
+    /// exhaust the agent's memory.
+    pub fn new(identity: NodeIdentity, endpoints: &[String], destinations: Vec<Destination>, limits: Limits, max_inflight: usize) -> Self {
+        let max_inflight = max_inflight.clamp(1, u32::MAX as usize);
+        Self {
+            identity,
+            ring: Ring::new(endpoints),
+            destinations,
+            limits,
+            inflight: tokio::sync::Semaphore::new(max_inflight),
+            max_inflight,
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    /// Holds `bytes` of the in-flight budget, or refuses with 429.
+    fn admit(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let n = u32::try_from(bytes.clamp(1, self.max_inflight)).unwrap_or(u32::MAX);
+        self.inflight.try_acquire_many(n).map_err(|_| {
+            self.stats.busy.inc();
+            ApiError::new(
+                ErrorCode::ResourceExhausted,
+                format!("the agent is handling {} bytes of exports already (otlp.max_inflight_bytes); retry shortly", self.max_inflight),
+            )
+            .with_retry_after(std::time::Duration::from_secs(1))
+        })
     }
 
     /// Stamps, splits and queues one export.
@@ -102,24 +133,56 @@ impl AgentIngest {
                 (Signal::Metrics, self.ring.split_metrics(&r, &node), n, ExportOutcome::default())
             }
         };
+        let (mut queued, mut lost, mut why) = (0usize, 0usize, None);
         for (e, body) in parts {
             let Some(dest) = self.destinations.get(e) else { continue };
             let queue = Arc::clone(&dest.queue);
             let rec = record(signal, &body);
             let appended = tokio::task::spawn_blocking(move || queue.append(&rec)).await;
-            match appended {
-                Ok(Ok(_)) => dest.notify.notify_one(),
-                Ok(Err(err)) => {
-                    self.stats.queue_failures.inc();
-                    tracing::error!(error = %err, "cannot append to the queue");
-                    return Err(ApiError::new(ErrorCode::Unavailable, format!("the agent cannot write its queue: {err}"))
-                        .with_retry_after(std::time::Duration::from_secs(1)));
+            let err = match appended {
+                Ok(Ok(_)) => {
+                    dest.notify.notify_one();
+                    queued += 1;
+                    continue;
                 }
-                Err(join) => return Err(ApiError::new(ErrorCode::Internal, format!("queue append task failed: {join}"))),
-            }
+                Ok(Err(err)) => err.to_string(),
+                Err(join) => format!("queue append task failed: {join}"),
+            };
+            self.stats.queue_failures.inc();
+            tracing::error!(error = %err, collector = e, "cannot append to the queue");
+            lost += items_in(signal, &body);
+            why = Some(err);
         }
-        self.stats.accepted[signal.tag() as usize - 1].add(items as u64);
-        Ok(outcome)
+        let Some(why) = why else {
+            self.stats.accepted[signal.tag() as usize - 1].add(items as u64);
+            return Ok(outcome);
+        };
+        if queued == 0 {
+            // Nothing was kept: the client may send it all again.
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("the agent cannot write its queue: {why}"))
+                .with_retry_after(std::time::Duration::from_secs(1)));
+        }
+        // Part of the export is queued for one collector and part could not be: a retry of the
+        // whole would store the queued part twice, so the rest is reported as rejected.
+        self.stats.accepted[signal.tag() as usize - 1].add(items.saturating_sub(lost) as u64);
+        let message = format!(
+            "{}the agent could not queue {lost} {}: {why}",
+            if outcome.message.is_empty() { String::new() } else { format!("{}; ", outcome.message) },
+            signal.items()
+        );
+        Ok(ExportOutcome { rejected: outcome.rejected + lost as i64, message })
+    }
+}
+
+/// Spans, log records or data points in the protobuf export `body` of `signal`.
+fn items_in(signal: Signal, body: &[u8]) -> usize {
+    match signal {
+        Signal::Traces => ExportTraceServiceRequest::decode(body)
+            .map_or(0, |r| r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()),
+        Signal::Logs => ExportLogsServiceRequest::decode(body)
+            .map_or(0, |r| r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum()),
+        Signal::Metrics => ExportMetricsServiceRequest::decode(body)
+            .map_or(0, |r| r.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum()),
     }
 }
 
@@ -142,11 +205,20 @@ fn malformed(signal: Signal, e: &prost::DecodeError) -> ApiError {
 
 impl OtlpIngest for AgentIngest {
     fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
-        Box::pin(self.accept(req))
+        Box::pin(async move {
+            let size = match &req {
+                Export::Traces(r) => r.encoded_len(),
+                Export::Logs(r) => r.encoded_len(),
+                Export::Metrics(r) => r.encoded_len(),
+            };
+            let _permit = self.admit(size)?;
+            self.accept(req).await
+        })
     }
 
     fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
+            let _permit = self.admit(body.len())?;
             let req = match signal {
                 Signal::Traces => Export::Traces(ExportTraceServiceRequest::decode(&body[..]).map_err(|e| malformed(signal, &e))?),
                 Signal::Logs => Export::Logs(ExportLogsServiceRequest::decode(&body[..]).map_err(|e| malformed(signal, &e))?),
@@ -172,7 +244,7 @@ mod tests {
             })
             .collect();
         let id = NodeIdentity::detect(&NodeConfig { host_name: "node-a".into(), ..Default::default() }, &|_| None);
-        AgentIngest::new(id, &eps, dests, Limits::default())
+        AgentIngest::new(id, &eps, dests, Limits::default(), 64 << 20)
     }
 
     fn spans(traces: u8) -> ExportTraceServiceRequest {
@@ -242,5 +314,31 @@ mod tests {
         assert_eq!(i0.len() + i1.len(), 40);
         assert!(!i0.is_empty() && !i1.is_empty());
         assert!(i0.iter().all(|t| !i1.contains(t)));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::enrich::NodeConfig;
+
+    #[tokio::test]
+    async fn past_the_in_flight_budget_exports_get_429() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Destination {
+            queue: Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap()),
+            notify: Arc::new(Notify::new()),
+        };
+        let id = NodeIdentity::detect(&NodeConfig { host_name: "n".into(), ..Default::default() }, &|_| None);
+        let a = AgentIngest::new(id, &["http://c:4317".to_string()], vec![dest], Limits::default(), 1000);
+        let held = a.admit(900).unwrap();
+        let err = a.export_protobuf(Signal::Traces, bytes::Bytes::from(vec![0u8; 200])).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::ResourceExhausted);
+        assert!(err.message.contains("max_inflight_bytes"), "{}", err.message);
+        drop(held);
+        // with the budget back, the same body is decoded (and is malformed: 400, not 429)
+        let err = a.export_protobuf(Signal::Traces, bytes::Bytes::from(vec![0xffu8; 200])).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert_eq!(a.stats.busy.get(), 1);
     }
 }
