@@ -287,6 +287,18 @@ impl Exporter {
             }
             let batch = match self.read_batch(pos).await {
                 Ok(b) => b,
+                Err(skein_wal::Error::Corrupt { segment, .. }) => {
+                    let queue = Arc::clone(&self.queue);
+                    match tokio::task::spawn_blocking(move || queue.skip_damaged(segment)).await {
+                        Ok(Ok(_)) => pos = self.queue.cursor(),
+                        failed => {
+                            let e = failed.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                            tracing::error!(endpoint = %self.endpoint, error = %e, "cannot skip a damaged queue segment");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(endpoint = %self.endpoint, error = %e, "reading the queue failed");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -414,6 +414,38 @@ impl Queue {
         Ok(out)
     }
 
+    /// Gives up on the rest of `segment` after a read found a damaged record in it (the file
+    /// changed under the queue: a disk error, or something else writing to it): the cursor moves
+    /// to the start of the next segment, and the records skipped are counted as dropped and
+    /// returned. Appends go on in a new segment. Without this, one bad record would stop
+    /// delivery until the disk cap removed it.
+    ///
+    /// # Errors
+    /// A new segment could not be created or the cursor not written.
+    pub fn skip_damaged(&self, segment: u64) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        if inner.segs.back().is_some_and(|s| s.id == segment) {
+            self.roll(&mut inner)?;
+        }
+        let Some(i) = inner.segs.iter().position(|s| s.id == segment) else { return Ok(0) };
+        let (seg_end, next) = {
+            let s = &inner.segs[i];
+            let n = &inner.segs[i + 1];
+            (s.first_seq + s.records, QueuePos { lsn: Lsn { segment: n.id, offset: HEADER_LEN }, seq: n.first_seq })
+        };
+        if inner.cursor.lsn >= next.lsn {
+            return Ok(0);
+        }
+        let lost = seg_end.saturating_sub(inner.cursor.seq);
+        inner.cursor = next;
+        self.stats.dropped_records.add(lost);
+        tracing::error!(segment, records = lost, "queue segment has a damaged record; skipping the rest of the segment");
+        self.write_cursor(next)?;
+        self.delete_acked(&mut inner)?;
+        self.update_gauges(&inner);
+        Ok(lost)
+    }
+
     /// The first unacknowledged record's position (where a reader starts after a restart).
     pub fn cursor(&self) -> QueuePos {
         self.inner.lock().cursor
@@ -736,6 +768,27 @@ mod tests {
         drop(q); // no ack: a crash right after the app was answered
         let q = Queue::open(dir.path(), opts()).unwrap();
         assert_eq!(datas(&q, q.cursor()), (0..3).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_damaged_while_queued_is_skipped_with_the_rest_of_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        for i in 0..5 {
+            q.append(&rec(i)).unwrap();
+        }
+        let first = q.read(q.cursor(), 1, 1).unwrap()[0].pos;
+        // flip a byte of the second record's data on disk
+        let path = segment::path(dir.path(), first.lsn.segment);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let second = first.lsn.offset as usize + segment::frame_len(TIME_LEN + rec(0).len()) as usize;
+        bytes[second + 20] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let Err(Error::Corrupt { segment, .. }) = q.read(q.cursor(), usize::MAX, usize::MAX) else { panic!("the damage is reported") };
+        assert_eq!(q.skip_damaged(segment).unwrap(), 5);
+        assert_eq!(q.stats().dropped_records.get(), 5);
+        q.append(&rec(9)).unwrap();
+        assert_eq!(datas(&q, q.cursor()), vec![rec(9)]);
     }
 
     #[test]
