@@ -278,6 +278,7 @@ impl Exporter {
         let mut pos = self.queue.cursor();
         let mut drain_deadline: Option<Instant> = None;
         let mut attempt = 0u32;
+        let mut first_seen: Option<(QueuePos, Instant)> = None;
         loop {
             if drain_deadline.is_none() && *shutdown.borrow() {
                 drain_deadline = Some(Instant::now() + drain_for);
@@ -316,9 +317,15 @@ impl Exporter {
                 }
                 continue;
             }
-            // Let a small batch fill up, unless its oldest record has waited long enough.
+            // Let a small batch fill up, unless its oldest record has waited long enough: by the
+            // append time it carries (which covers time before a restart), or by how long this
+            // exporter has seen it (which holds if the wall clock steps back).
             let bytes: usize = batch.iter().map(|e| e.data.len()).sum();
-            let age_ms = now_ms().saturating_sub(batch[0].appended_unix_ms);
+            if first_seen.is_none_or(|(p, _)| p != batch[0].pos) {
+                first_seen = Some((batch[0].pos, Instant::now()));
+            }
+            let seen_ms = first_seen.map_or(0, |(_, t)| t.elapsed().as_millis() as u64);
+            let age_ms = now_ms().saturating_sub(batch[0].appended_unix_ms).max(seen_ms);
             let max_age_ms = self.cfg.batch_max_age.0.as_millis() as u64;
             if drain_deadline.is_none() && bytes < self.cfg.batch_max_bytes.bytes() as usize && age_ms < max_age_ms {
                 tokio::select! {
