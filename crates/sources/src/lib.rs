@@ -2,10 +2,12 @@
 //! identity ([`enrich`]) and appends them to the disk-backed queue before it answers, so what a
 //! source has acknowledged survives an agent crash.
 //!
-//! - [`otlp`]: the OTLP receiver (gRPC and HTTP, every signal) for the apps beside the agent.
+//! - [`otlp`]: the OTLP receiver (gRPC and HTTP, every signal) for the apps beside the agent,
+//!   with [`wire`], its fast path that stamps spans without decoding them.
 //!
 //! Host metrics, file tailing, replica-lag probes and the Prometheus scrape are not built yet
 //! (issue 5).
 
 pub mod enrich;
 pub mod otlp;
+pub mod wire;
