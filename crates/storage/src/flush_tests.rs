@@ -229,3 +229,53 @@ async fn blocks_do_not_store_end_time_and_reads_put_it_back() {
     assert_eq!(before.len(), 5);
     assert_eq!(before, after);
 }
+
+/// A block written before `end_time` was dropped from the stored schema (so holding it) is
+/// read and compacted like a new one, next to a new one.
+#[tokio::test]
+async fn blocks_written_with_end_time_still_read_and_compact() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig { retention: Duration::secs(0), ..Default::default() };
+    let s = open(dir.path(), storage.clone()).await;
+    for t in 1..=2u8 {
+        s.ingest_traces(req(t, 1..5)).await.unwrap();
+        s.flush_now().await.unwrap();
+    }
+    let ends = |spans: Vec<skein_columnar::SpanRecord>| {
+        let mut v: Vec<(i64, i64)> = spans.iter().map(|r| (r.start_time_unix_nano, r.end_time_unix_nano)).collect();
+        v.sort_unstable();
+        v
+    };
+    let want = ends(s.trace(&TraceId([1; 16])).await.unwrap());
+    // Rewrite the first block with every column, as blocks were written before.
+    let old = s.snapshot().blocks[0].meta.clone();
+    let path = dir.path().join(&old.path);
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let full: Vec<arrow::array::RecordBatch> = reader.map(|b| skein_columnar::spans::with_end_time(&b.unwrap()).unwrap()).collect();
+    let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), skein_columnar::spans::schema(), None).unwrap();
+    for b in &full {
+        w.write(b).unwrap();
+    }
+    let bytes = w.into_inner().unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    s.close();
+    drop(s);
+    let manifest = dir.path().join("tenants/default/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    for b in m["blocks"].as_array_mut().unwrap() {
+        if b["path"] == old.path.as_str() {
+            b["bytes"] = bytes.len().into();
+        }
+    }
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let s = open(dir.path(), storage).await;
+    assert_eq!(ends(s.trace(&TraceId([1; 16])).await.unwrap()), want, "read from the old-format block");
+    s.compact_and_expire().await.unwrap();
+    assert_eq!(s.snapshot().blocks.len(), 1);
+    assert_eq!(ends(s.trace(&TraceId([1; 16])).await.unwrap()), want, "read from the compacted block");
+    assert_eq!(count(&s, 2).await, 4);
+}
