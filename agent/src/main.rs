@@ -11,7 +11,9 @@ use clap::Parser;
 use config::{AgentConfig, QueueSync};
 use skein_exporter::Exporter;
 use skein_server::ServerMetrics;
-use skein_server::process::{Command, ConfigArgs, bind, check_socket_addrs, main_with, shutdown_signal, write_listen_file};
+use skein_server::process::{
+    Command, ConfigArgs, bind, check_socket_addrs, main_with, serve_otlp, shutdown_signal, wait_for_true, write_listen_file,
+};
 use skein_sources::enrich::NodeIdentity;
 use skein_sources::otlp::{AgentIngest, Destination};
 use skein_wal::{Queue, QueueOptions, SyncPolicy};
@@ -140,21 +142,9 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let max_body = cfg.otlp.max_body_size.bytes() as usize;
     let (stop_rx_tx, stop_rx) = watch::channel(false);
     let (stop_tx_tx, stop_tx) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let grpc = tonic::transport::Server::builder()
-        .add_service(skein_server::grpc_trace_service(ingest.clone(), max_body, Arc::clone(&metrics)))
-        .add_service(skein_server::grpc_logs_service(ingest.clone(), max_body, Arc::clone(&metrics)))
-        .add_service(skein_server::grpc_metrics_service(ingest.clone(), max_body, Arc::clone(&metrics)))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(stop_rx.clone()));
-    let http =
-        axum::serve(http_l, skein_server::otlp_http_router(ingest.clone(), &skein_otlp::Signal::ALL, max_body, Arc::clone(&metrics)))
-            .with_graceful_shutdown(wait(stop_rx.clone()));
+    let [grpc, http] = serve_otlp(ingest.clone(), grpc_l, http_l, max_body, Arc::clone(&metrics), stop_rx.clone());
     let state = Arc::new(admin::Admin::new(identity, ingest.clone(), exporters.clone(), metrics));
-    let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait(stop_tx.clone()));
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+    let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait_for_true(stop_tx.clone()));
     let admin = tokio::spawn(async move { admin.await });
     let drain = cfg.shutdown_timeout.0;
     let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();

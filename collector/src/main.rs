@@ -10,7 +10,9 @@ use clap::Parser;
 use config::{CollectorConfig, WalSync};
 use handlers::Collector;
 use skein_server::ServerMetrics;
-use skein_server::process::{Command, ConfigArgs, bind, check_socket_addrs, main_with, shutdown_signal, write_listen_file};
+use skein_server::process::{
+    Command, ConfigArgs, bind, check_socket_addrs, main_with, serve_otlp, shutdown_signal, wait_for_true, write_listen_file,
+};
 use skein_storage::{Store, StoreConfig};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -69,27 +71,10 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(ServerMetrics::default());
     let max_body = cfg.otlp.max_body_size.bytes() as usize;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
 
-    let grpc = tonic::transport::Server::builder()
-        // HTTP/2's default 64 KiB stream window makes a client stop and wait for a window
-        // update several times per typical export (hundreds of KiB): more round trips, wake-ups
-        // and syscalls per request. A window of a few MiB lets a request arrive in one go.
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .add_service(skein_server::grpc_trace_service(collector.clone(), max_body, Arc::clone(&metrics)))
-        .add_service(skein_server::grpc_logs_service(collector.clone(), max_body, Arc::clone(&metrics)))
-        .add_service(skein_server::grpc_metrics_service(collector.clone(), max_body, Arc::clone(&metrics)))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc_l), wait(shutdown_rx.clone()));
-    let http =
-        axum::serve(http_l, skein_server::otlp_http_router(collector.clone(), &skein_otlp::Signal::ALL, max_body, Arc::clone(&metrics)))
-            .with_graceful_shutdown(wait(shutdown_rx.clone()));
+    let otlp = serve_otlp(collector.clone(), grpc_l, http_l, max_body, Arc::clone(&metrics), shutdown_rx.clone());
     let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics)))
-        .with_graceful_shutdown(wait(shutdown_rx.clone()));
-    let grpc = tokio::spawn(grpc);
-    let http = tokio::spawn(async move { http.await });
+        .with_graceful_shutdown(wait_for_true(shutdown_rx.clone()));
     let query = tokio::spawn(async move { query.await });
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("query", query_addr)])?;
     tracing::info!(otlp_grpc = %grpc_addr, otlp_http = %http_addr, query = %query_addr, data_dir = %cfg.data_dir.display(), "listening");
@@ -143,6 +128,7 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    let [grpc, http] = otlp;
     let _ = tokio::join!(grpc, http, query);
     if let Some(t) = demo_task {
         let _ = t.await;

@@ -10,7 +10,7 @@ use crate::enrich::NodeIdentity;
 use prost::Message;
 use skein_core::ErrorCode;
 use skein_core::metrics::{self, Counter};
-use skein_exporter::{Ring, record};
+use skein_exporter::Ring;
 use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Limits, Signal, validate_traces};
 use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, OtlpIngest};
 use skein_wal::Queue;
@@ -148,20 +148,24 @@ impl AgentIngest {
         for (e, body) in parts {
             let Some(dest) = self.destinations.get(e) else { continue };
             let queue = Arc::clone(&dest.queue);
-            let rec = record(signal, &body);
-            let appended = tokio::task::spawn_blocking(move || queue.append(&rec)).await;
-            let err = match appended {
-                Ok(Ok(_)) => {
+            // The record is the signal's tag, then the body (see `skein_exporter::record`).
+            let appended = tokio::task::spawn_blocking(move || {
+                let r = queue.append_parts(&[&[signal.tag()], &body]);
+                (r, body)
+            })
+            .await;
+            let (err, body) = match appended {
+                Ok((Ok(_), _)) => {
                     dest.notify.notify_one();
                     queued += 1;
                     continue;
                 }
-                Ok(Err(err)) => err.to_string(),
-                Err(join) => format!("queue append task failed: {join}"),
+                Ok((Err(err), body)) => (err.to_string(), Some(body)),
+                Err(join) => (format!("queue append task failed: {join}"), None),
             };
             self.stats.queue_failures.inc();
             tracing::error!(error = %err, collector = e, "cannot append to the queue");
-            lost += items_in(signal, &body);
+            lost += body.map_or(0, |b| items_in(signal, &b));
             why = Some(err);
         }
         let Some(why) = why else {

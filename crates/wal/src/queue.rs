@@ -270,14 +270,28 @@ impl Queue {
     /// [`Error::EmptyRecord`], [`Error::RecordTooLarge`]; [`Error::Write`], [`Error::Sync`]
     /// or [`Error::Create`] when the disk fails (the record is not stored).
     pub fn append(&self, data: &[u8]) -> Result<QueuePos> {
-        if data.is_empty() {
+        self.append_parts(&[data])
+    }
+
+    /// [`Queue::append`] of the concatenation of `parts`, without first copying them into one
+    /// buffer (the agent queues a signal tag and a request body this way).
+    ///
+    /// # Errors
+    /// As [`Queue::append`].
+    pub fn append_parts(&self, parts: &[&[u8]]) -> Result<QueuePos> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len == 0 {
             return Err(Error::EmptyRecord);
         }
-        if data.len() > MAX_RECORD_LEN - TIME_LEN {
-            return Err(Error::RecordTooLarge { len: data.len(), max: MAX_RECORD_LEN - TIME_LEN });
+        if len > MAX_RECORD_LEN - TIME_LEN {
+            return Err(Error::RecordTooLarge { len, max: MAX_RECORD_LEN - TIME_LEN });
         }
-        let mut frame = Vec::with_capacity(segment::FRAME_HEADER_LEN + TIME_LEN + data.len());
-        segment::encode_frame_parts(&mut frame, &[&now_ms().to_le_bytes(), data]);
+        let time = now_ms().to_le_bytes();
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(&time);
+        all.extend_from_slice(parts);
+        let mut frame = Vec::with_capacity(segment::FRAME_HEADER_LEN + TIME_LEN + len);
+        segment::encode_frame_parts(&mut frame, &all);
         let mut inner = self.inner.lock();
         let active_len = inner.end().lsn.offset;
         if inner.roll_next || (active_len >= self.opts.segment_size && active_len > HEADER_LEN) {
@@ -299,7 +313,7 @@ impl Queue {
         seg.len += frame.len() as u64;
         seg.records += 1;
         self.stats.appended_records.inc();
-        self.stats.appended_bytes.add(data.len() as u64);
+        self.stats.appended_bytes.add(len as u64);
         self.enforce_cap(&mut inner);
         self.update_gauges(&inner);
         Ok(pos)
@@ -395,14 +409,17 @@ impl Queue {
                 if n < TIME_LEN || n as u64 > len - offset - segment::FRAME_HEADER_LEN as u64 {
                     return Err(corrupt(&self.dir, id, offset, format!("record length {n} does not fit")));
                 }
-                let mut payload = vec![0u8; n];
+                // The append time and the data read apart, so the data needs no shifting.
+                let mut t = [0u8; TIME_LEN];
+                r.read_exact(&mut t).map_err(read_error(&self.dir, id))?;
+                let mut payload = vec![0u8; n - TIME_LEN];
                 r.read_exact(&mut payload).map_err(read_error(&self.dir, id))?;
-                if crc32fast::hash(&payload) != crc {
+                let mut h = crc32fast::Hasher::new();
+                h.update(&t);
+                h.update(&payload);
+                if h.finalize() != crc {
                     return Err(corrupt(&self.dir, id, offset, "crc mismatch".into()));
                 }
-                let mut t = [0u8; TIME_LEN];
-                t.copy_from_slice(&payload[..TIME_LEN]);
-                payload.drain(..TIME_LEN);
                 let next_offset = offset + segment::frame_len(n);
                 let next = QueuePos { lsn: Lsn { segment: id, offset: next_offset }, seq: pos.seq + 1 };
                 bytes += payload.len();
