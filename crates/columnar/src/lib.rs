@@ -13,6 +13,8 @@
 //! saves about half of a span's memory in the head; SQL access to resource attributes will need
 //! a map built from the dictionary at query or flush time.
 
+pub mod logs;
+pub mod metrics;
 pub mod record;
 pub mod spans;
 pub mod value;

@@ -7,12 +7,14 @@ pub mod signal;
 pub mod status;
 pub mod synth;
 pub mod validate;
+pub mod validate_signals;
 
 pub use codec::{DecodeError, Encoding};
 pub use opentelemetry_proto::tonic as proto;
 pub use signal::Signal;
 pub use status::RpcStatus;
 pub use validate::{Limits, Validated, validate_traces};
+pub use validate_signals::{MAX_LOG_BODY_BYTES, validate_logs, validate_metrics};
 
 pub use proto::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
 pub use proto::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse};

@@ -42,6 +42,8 @@ pub struct Validated {
     pub values_truncated: u64,
     /// Rejections by reason, for metrics: (reason label, count).
     pub rejected_by_reason: Vec<(&'static str, u64)>,
+    /// What the counted items are (`spans`, `log records`, `data points`); `spans` when empty.
+    pub items: &'static str,
 }
 
 impl Validated {
@@ -50,7 +52,8 @@ impl Validated {
         if self.rejected == 0 {
             return String::new();
         }
-        let mut m = format!("rejected {} of {} spans: ", self.rejected, self.rejected + self.accepted);
+        let items = if self.items.is_empty() { "spans" } else { self.items };
+        let mut m = format!("rejected {} of {} {items}: ", self.rejected, self.rejected + self.accepted);
         m.push_str(&self.reasons.join("; "));
         if self.rejected > self.reasons.len() {
             let _ = write!(m, "; and {} more", self.rejected - self.reasons.len());

@@ -13,6 +13,7 @@ use skein_core::TraceId;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+use crate::signal_head::{NodeMap, SignalHead, Table, observe_nodes};
 
 /// Hasher for random 128-bit trace ids: they are already uniformly distributed, so folding
 /// the two halves is as good as SipHash and much cheaper.
@@ -112,16 +113,23 @@ pub struct HeadStats {
     pub traces: usize,
     /// Record batches held.
     pub batches: usize,
-    /// Estimated memory in bytes (Arrow buffers plus the index).
+    /// Estimated memory in bytes (Arrow buffers plus the index), logs and metrics included.
     pub bytes: usize,
     /// Duplicate spans dropped on insert since start.
     pub duplicates: u64,
 }
 
-/// The in-memory head of the `spans` table.
+/// The in-memory head: the `spans` table (indexed by trace id), the `logs` and `metrics`
+/// tables, and the statistics of every node that sent them. One WAL segment range feeds one
+/// head, so all three are frozen and flushed together.
 #[derive(Default)]
 pub struct Head {
     inner: RwLock<Inner>,
+    /// The `logs` table.
+    pub logs: SignalHead,
+    /// The `metrics` table.
+    pub metrics: SignalHead,
+    nodes: parking_lot::Mutex<NodeMap>,
 }
 
 fn key(t: &[u8; 16]) -> u128 {
@@ -197,8 +205,44 @@ impl Head {
         inner.rows += view.len();
         inner.batch_bytes += batch.get_array_memory_size();
         let added = view.len();
+        // Under the head's lock: the locations above point at this batch's position.
+        observe_nodes(&mut self.nodes.lock(), &batch, Table::Spans);
         inner.batches.push(Arc::new(batch));
         Ok(added)
+    }
+
+    /// Adds a batch of the `logs` schema, dropping records already held. Returns how many
+    /// were added.
+    ///
+    /// # Errors
+    /// The batch is not a `logs` batch.
+    pub fn insert_logs(&self, batch: RecordBatch) -> Result<usize, arrow::error::ArrowError> {
+        Ok(self.logs.insert(batch)?.map_or(0, |b| {
+            observe_nodes(&mut self.nodes.lock(), &b, Table::Logs);
+            b.num_rows()
+        }))
+    }
+
+    /// Adds a batch of the `metrics` schema, dropping data points already held. Returns how
+    /// many were added.
+    ///
+    /// # Errors
+    /// The batch is not a `metrics` batch.
+    pub fn insert_metrics(&self, batch: RecordBatch) -> Result<usize, arrow::error::ArrowError> {
+        Ok(self.metrics.insert(batch)?.map_or(0, |b| {
+            observe_nodes(&mut self.nodes.lock(), &b, Table::Metrics);
+            b.num_rows()
+        }))
+    }
+
+    /// The nodes whose records this head holds.
+    pub fn nodes(&self) -> NodeMap {
+        self.nodes.lock().clone()
+    }
+
+    /// Whether no table of the head holds a record.
+    pub fn is_empty(&self) -> bool {
+        self.inner.read().rows == 0 && self.logs.rows() == 0 && self.metrics.rows() == 0
     }
 
     /// Every span of a trace, in insertion order.
@@ -254,9 +298,9 @@ impl Head {
         self.inner.read().operations.iter().map(|(s, ops)| (s.clone(), ops.iter().cloned().collect())).collect()
     }
 
-    /// How long ago the first span arrived; `None` while empty.
+    /// How long ago the first record of any table arrived; `None` while empty.
     pub fn age(&self) -> Option<std::time::Duration> {
-        self.inner.read().first_insert.map(|t| t.elapsed())
+        [self.inner.read().first_insert.map(|t| t.elapsed()), self.logs.age(), self.metrics.age()].into_iter().flatten().max()
     }
 
     /// Size and content counters.
@@ -266,7 +310,12 @@ impl Head {
             rows: inner.rows,
             traces: inner.index.len(),
             batches: inner.batches.len(),
-            bytes: inner.batch_bytes + inner.aux_bytes + inner.rows * INDEX_BYTES_PER_SPAN + inner.index.len() * INDEX_BYTES_PER_TRACE,
+            bytes: inner.batch_bytes
+                + inner.aux_bytes
+                + inner.rows * INDEX_BYTES_PER_SPAN
+                + inner.index.len() * INDEX_BYTES_PER_TRACE
+                + self.logs.bytes()
+                + self.metrics.bytes(),
             duplicates: inner.duplicates,
         }
     }

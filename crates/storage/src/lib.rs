@@ -19,12 +19,16 @@ pub mod head;
 mod maintenance;
 pub mod manifest;
 pub mod objstore;
+pub mod signal_head;
 mod store;
 
 #[cfg(test)]
 mod flush_tests;
+#[cfg(test)]
+mod signal_tests;
 
 pub use config::StorageConfig;
 pub use error::{Error, Result};
 pub use head::{Head, HeadStats};
-pub use store::{DEFAULT_TENANT, IngestOutcome, Snapshot, Store, StoreConfig};
+pub use signal_head::{NodeMap, NodeStats};
+pub use store::{DEFAULT_TENANT, IngestOutcome, Snapshot, Store, StoreConfig, TableSnapshot};

@@ -14,7 +14,8 @@
 
 use crate::block::{Block, ObjectReader, write};
 use crate::error::{Error, Result};
-use crate::manifest::{BlockMeta, Manifest, PendingDelete, spans_dir};
+use crate::manifest::{BlockMeta, Manifest, PendingDelete, table_dir};
+use crate::signal_head::merge_nodes;
 use crate::objstore::Objects;
 use crate::store::Store;
 use arrow::array::RecordBatch;
@@ -57,17 +58,26 @@ fn failpoint(name: &str) {
 /// Deletes block files that neither the manifest lists nor waits to delete: a crash between
 /// writing a block and writing the manifest leaves them, and no query can see them.
 pub(crate) async fn remove_unlisted(objects: &Objects, tenant: &str, m: &Manifest) -> Result<()> {
-    let known: HashSet<&str> = m.blocks.iter().map(|b| b.path.as_str()).chain(m.pending_deletes.iter().map(|p| p.path.as_str())).collect();
-    let dir = spans_dir(tenant);
-    let listed: Vec<_> = objects.store.list(Some(&dir)).try_collect().await.map_err(|source| Error::ObjectStore {
-        op: "listing",
-        path: dir.to_string(),
-        source,
-    })?;
-    for o in listed {
-        if !known.contains(o.location.as_ref()) {
-            tracing::info!(path = %o.location, "deleting a block file no manifest lists (left by a crash before its flush completed)");
-            delete(objects, &o.location).await?;
+    let known: HashSet<&str> = m
+        .blocks
+        .iter()
+        .chain(&m.logs)
+        .chain(&m.metrics)
+        .map(|b| b.path.as_str())
+        .chain(m.pending_deletes.iter().map(|p| p.path.as_str()))
+        .collect();
+    for table in ["spans", "logs", "metrics"] {
+        let dir = table_dir(tenant, table);
+        let listed: Vec<_> = objects.store.list(Some(&dir)).try_collect().await.map_err(|source| Error::ObjectStore {
+            op: "listing",
+            path: dir.to_string(),
+            source,
+        })?;
+        for o in listed {
+            if !known.contains(o.location.as_ref()) {
+                tracing::info!(path = %o.location, "deleting a block file no manifest lists (left by a crash before its flush completed)");
+                delete(objects, &o.location).await?;
+            }
         }
     }
     Ok(())
@@ -149,11 +159,11 @@ impl Store {
     /// The WAL could not start a new segment.
     async fn freeze_if_due(&self) -> Result<bool> {
         let f = &self.cfg.storage.flush;
-        let (stats, age) = {
+        let (stats, rows, age) = {
             let st = self.state.read();
-            (st.active.stats(), st.active.age())
+            (st.active.stats(), st.active.stats().rows + st.active.logs.rows() + st.active.metrics.rows(), st.active.age())
         };
-        let due = stats.rows as u64 >= f.max_rows
+        let due = rows as u64 >= f.max_rows
             || stats.bytes as u64 >= f.max_bytes.bytes()
             || age.is_some_and(|a| a >= Duration::from(f.max_age));
         if due { self.freeze().await } else { Ok(false) }
@@ -186,6 +196,8 @@ impl Store {
             let t = Instant::now();
             let batches = frozen.head.snapshot();
             let meta = self.write_block(batches, 0, frozen.head.operations_map()).await?;
+            let logs = self.write_table_block("logs", frozen.head.logs.snapshot(), skein_columnar::logs::schema(), &["trace_id"]).await?;
+            let points = self.write_table_block("metrics", frozen.head.metrics.snapshot(), skein_columnar::metrics::schema(), &[]).await?;
             failpoint("flush-after-block");
             let mut m = self.manifest.lock().await;
             let mut next = m.clone();
@@ -193,6 +205,16 @@ impl Store {
                 next.blocks.push(meta.clone());
                 Arc::new(Block::new(meta))
             });
+            let logs = logs.map(|meta| {
+                next.logs.push(meta.clone());
+                Arc::new(Block::new(meta))
+            });
+            let points = points.map(|meta| {
+                next.metrics.push(meta.clone());
+                Arc::new(Block::new(meta))
+            });
+            let nodes = frozen.head.nodes();
+            merge_nodes(&mut next.nodes, &nodes);
             next.wal_id.clone_from(&self.wal_id);
             next.wal_flushed_before = frozen.wal_before;
             next.store(&self.objects, &self.tenant).await?;
@@ -201,11 +223,17 @@ impl Store {
             {
                 let mut st = self.state.write();
                 st.frozen.retain(|f| !Arc::ptr_eq(&f.head, &frozen.head));
-                if let Some(block) = block {
-                    let mut blocks = st.blocks.as_ref().clone();
-                    blocks.push(block);
-                    st.blocks = Arc::new(blocks);
+                let st = &mut *st;
+                for (list, added) in [(&mut st.blocks, block), (&mut st.logs, logs), (&mut st.metrics, points)] {
+                    if let Some(added) = added {
+                        let mut blocks = list.as_ref().clone();
+                        blocks.push(added);
+                        *list = Arc::new(blocks);
+                    }
                 }
+                let mut all = st.nodes.as_ref().clone();
+                merge_nodes(&mut all, &nodes);
+                st.nodes = Arc::new(all);
             }
             drop(m);
             self.wal.truncate_before(frozen.wal_before)?;
@@ -232,12 +260,23 @@ impl Store {
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(|source| Error::Parquet { path: "(new block)".into(), source })?;
+        self.put_block("spans", enc, level, operations).await
+    }
+
+    /// Writes an encoded block of `table` durably and describes it.
+    async fn put_block(
+        &self,
+        table: &str,
+        enc: write::Encoded,
+        level: u32,
+        operations: BTreeMap<String, Vec<(String, i8)>>,
+    ) -> Result<Option<BlockMeta>> {
         self.metrics.block_duplicates.add(enc.duplicates);
         if enc.rows == 0 {
             return Ok(None);
         }
         let id = unique_id();
-        let path = Path::from(format!("{}/{id}.parquet", spans_dir(&self.tenant)));
+        let path = Path::from(format!("{}/{id}.parquet", table_dir(&self.tenant, table)));
         let bytes = enc.bytes.len() as u64;
         self.objects.store.put(&path, enc.bytes.into()).await.map_err(|source| Error::ObjectStore {
             op: "writing",
@@ -257,6 +296,29 @@ impl Store {
             created_unix_ms: now_ms(),
             operations,
         }))
+    }
+
+    /// Encodes the `logs` or `metrics` batches of a frozen head as a block of `table` and
+    /// writes it durably. `None` when there is nothing to write.
+    async fn write_table_block(
+        &self,
+        table: &str,
+        batches: Vec<Arc<RecordBatch>>,
+        schema: arrow::datatypes::SchemaRef,
+        bloom: &'static [&'static str],
+    ) -> Result<Option<BlockMeta>> {
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let cfg = self.cfg.storage.block.clone();
+        let enc = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&RecordBatch> = batches.iter().map(AsRef::as_ref).collect();
+            write::encode_table(&refs, &schema, &cfg, bloom)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|source| Error::Parquet { path: format!("(new {table} block)"), source })?;
+        self.put_block(table, enc, 0, BTreeMap::new()).await
     }
 
     /// One pass of retention, compaction and deferred deletes.
@@ -280,7 +342,7 @@ impl Store {
         let cutoff_ns = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(retention)).as_nanos() as i64;
         let doomed: HashSet<String> = {
             let m = self.manifest.lock().await;
-            m.blocks.iter().filter(|b| b.max_end_ns < cutoff_ns).map(|b| b.id.clone()).collect()
+            m.blocks.iter().chain(&m.logs).chain(&m.metrics).filter(|b| b.max_end_ns < cutoff_ns).map(|b| b.id.clone()).collect()
         };
         if doomed.is_empty() {
             return Ok(());
@@ -350,9 +412,11 @@ impl Store {
         let mut m = self.manifest.lock().await;
         let mut next = m.clone();
         let after = now_ms() + delay.as_millis() as u64;
-        let (gone, kept): (Vec<BlockMeta>, Vec<BlockMeta>) = next.blocks.into_iter().partition(|b| ids.contains(&b.id));
-        next.blocks = kept;
-        next.pending_deletes.extend(gone.iter().map(|b| PendingDelete { path: b.path.clone(), delete_after_unix_ms: after }));
+        for list in [&mut next.blocks, &mut next.logs, &mut next.metrics] {
+            let (gone, kept): (Vec<BlockMeta>, Vec<BlockMeta>) = std::mem::take(list).into_iter().partition(|b| ids.contains(&b.id));
+            *list = kept;
+            next.pending_deletes.extend(gone.iter().map(|b| PendingDelete { path: b.path.clone(), delete_after_unix_ms: after }));
+        }
         let added = added.map(|meta| {
             next.blocks.push(meta.clone());
             Arc::new(Block::new(meta))
@@ -363,6 +427,12 @@ impl Store {
         let mut blocks: Vec<Arc<Block>> = st.blocks.iter().filter(|b| !ids.contains(&b.meta.id)).cloned().collect();
         blocks.extend(added);
         st.blocks = Arc::new(blocks);
+        let st = &mut *st;
+        for list in [&mut st.logs, &mut st.metrics] {
+            if list.iter().any(|b| ids.contains(&b.meta.id)) {
+                *list = Arc::new(list.iter().filter(|b| !ids.contains(&b.meta.id)).cloned().collect());
+            }
+        }
         Ok(())
     }
 

@@ -4,6 +4,8 @@
 //! ```text
 //! tenants/<tenant>/manifest.json           this file (JSON, rewritten whole on every change)
 //! tenants/<tenant>/spans/<block id>.parquet one block per flush or compaction
+//! tenants/<tenant>/logs/<block id>.parquet  one block per flush (logs)
+//! tenants/<tenant>/metrics/<block id>.parquet one block per flush (metrics)
 //! ```
 //!
 //! # Invariants
@@ -17,7 +19,7 @@
 //!   manifest write that removes it, and its file is deleted only after `delete_after_unix_ms`,
 //!   so a query that planned to read it can still finish. A crash at any point of a flush, a
 //!   compaction or an expiry therefore leaves every span listed exactly once.
-//! - Files under `spans/` that are neither listed nor pending are leftovers of a crash before
+//! - Files under `spans/`, `logs/` and `metrics/` that are neither listed nor pending are leftovers of a crash before
 //!   the manifest write and are deleted on start-up.
 //!
 //! The manifest is small (a few hundred bytes per block) and replaced with a single PUT, which
@@ -79,8 +81,18 @@ pub struct Manifest {
     pub wal_id: String,
     /// Segments of that WAL below this one are entirely in listed blocks.
     pub wal_flushed_before: u64,
-    /// The blocks, oldest first.
+    /// The `spans` blocks, oldest first.
     pub blocks: Vec<BlockMeta>,
+    /// The `logs` blocks, oldest first. Their `*_start_ns` and `max_end_ns` are record times.
+    #[serde(default)]
+    pub logs: Vec<BlockMeta>,
+    /// The `metrics` blocks, oldest first, as `logs`.
+    #[serde(default)]
+    pub metrics: Vec<BlockMeta>,
+    /// Every node whose records were flushed, with its statistics (all-time: retention
+    /// removes blocks, not the fact that a node sent data).
+    #[serde(default)]
+    pub nodes: crate::signal_head::NodeMap,
     /// Block files removed from the list, to delete later.
     pub pending_deletes: Vec<PendingDelete>,
 }
@@ -93,6 +105,9 @@ impl Default for Manifest {
             wal_id: String::new(),
             wal_flushed_before: 0,
             blocks: Vec::new(),
+            logs: Vec::new(),
+            metrics: Vec::new(),
+            nodes: crate::signal_head::NodeMap::new(),
             pending_deletes: Vec::new(),
         }
     }
@@ -106,6 +121,11 @@ pub fn manifest_path(tenant: &str) -> Path {
 /// Object path prefix of a tenant's span blocks.
 pub fn spans_dir(tenant: &str) -> Path {
     Path::from(format!("tenants/{tenant}/spans"))
+}
+
+/// Object path prefix of a tenant's blocks of `table` (`spans`, `logs`, `metrics`).
+pub fn table_dir(tenant: &str, table: &str) -> Path {
+    Path::from(format!("tenants/{tenant}/{table}"))
 }
 
 impl Manifest {

@@ -15,7 +15,11 @@ use prost::Message;
 use skein_columnar::SpanRecord;
 use skein_core::TraceId;
 use skein_core::metrics::{self, Counter, Histogram};
-use skein_otlp::{ExportTraceServiceRequest, Limits, Validated, validate_traces};
+use crate::signal_head::{NodeMap, SignalHead, merge_nodes};
+use skein_otlp::{
+    ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Limits, Validated, validate_logs, validate_metrics,
+    validate_traces,
+};
 use skein_wal::{ReplayReport, Wal, WalOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -24,6 +28,10 @@ use std::time::Instant;
 
 /// WAL record kind: an `ExportTraceServiceRequest` in protobuf, holding only accepted spans.
 const RECORD_TRACES: u8 = 1;
+/// WAL record kind: an `ExportLogsServiceRequest` in protobuf, holding only accepted records.
+const RECORD_LOGS: u8 = 2;
+/// WAL record kind: an `ExportMetricsServiceRequest` in protobuf, holding only accepted points.
+const RECORD_METRICS: u8 = 3;
 
 /// Configuration of the store.
 #[derive(Debug, Clone)]
@@ -64,6 +72,10 @@ pub struct IngestOutcome {
 #[derive(Default)]
 pub(crate) struct StoreMetrics {
     spans_accepted: Counter,
+    logs_accepted: Counter,
+    logs_rejected: Counter,
+    points_accepted: Counter,
+    points_rejected: Counter,
     rejected: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     attributes_dropped: Counter,
     values_truncated: Counter,
@@ -98,6 +110,21 @@ pub(crate) struct State {
     /// Oldest first.
     pub(crate) frozen: Vec<Frozen>,
     pub(crate) blocks: Arc<Vec<Arc<Block>>>,
+    /// Listed `logs` blocks, oldest first.
+    pub(crate) logs: Arc<Vec<Arc<Block>>>,
+    /// Listed `metrics` blocks, oldest first.
+    pub(crate) metrics: Arc<Vec<Arc<Block>>>,
+    /// Nodes of the flushed blocks (the manifest's `nodes`).
+    pub(crate) nodes: Arc<NodeMap>,
+}
+
+/// The head batches and listed blocks of the `logs` or the `metrics` table.
+#[derive(Clone, Default)]
+pub struct TableSnapshot {
+    /// Head batches (frozen heads first, the active head last).
+    pub head: Vec<Arc<RecordBatch>>,
+    /// Listed blocks, oldest first.
+    pub blocks: Arc<Vec<Arc<Block>>>,
 }
 
 /// A consistent view of everything stored at one moment, for queries.
@@ -107,6 +134,10 @@ pub struct Snapshot {
     pub head: Vec<Arc<RecordBatch>>,
     /// Listed blocks, oldest first.
     pub blocks: Arc<Vec<Arc<Block>>>,
+    /// The `logs` table.
+    pub logs: TableSnapshot,
+    /// The `metrics` table.
+    pub metrics: TableSnapshot,
 }
 
 /// Block reads one trace lookup, or one batch of lookups, runs at once.
@@ -179,12 +210,16 @@ impl Store {
         if skip_before > 0 {
             wal.truncate_before(skip_before)?;
         }
-        let blocks: Vec<Arc<Block>> = manifest.blocks.iter().cloned().map(|m| Arc::new(Block::new(m))).collect();
+        let listed = |metas: &[crate::manifest::BlockMeta]| -> Arc<Vec<Arc<Block>>> {
+            Arc::new(metas.iter().cloned().map(|m| Arc::new(Block::new(m))).collect())
+        };
+        let (blocks, logs, metric_blocks, nodes) =
+            (listed(&manifest.blocks), listed(&manifest.logs), listed(&manifest.metrics), Arc::new(manifest.nodes.clone()));
         let permits =
             usize::try_from(cfg.max_inflight_bytes.div_ceil(1024)).unwrap_or(usize::MAX).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         let store = Self {
             wal,
-            state: RwLock::new(State { active: Arc::new(head), frozen: Vec::new(), blocks: Arc::new(blocks) }),
+            state: RwLock::new(State { active: Arc::new(head), frozen: Vec::new(), blocks, logs, metrics: metric_blocks, nodes }),
             gate: tokio::sync::RwLock::new(()),
             cfg,
             objects,
@@ -270,6 +305,114 @@ impl Store {
         self.insert(out.batch, &out.validated)
     }
 
+    /// Validates, logs and stores a logs export. Returns once the records are durable and
+    /// queryable. A retry of records the head holds already is acknowledged without logging
+    /// them again.
+    ///
+    /// # Errors
+    /// As [`Store::ingest_traces`].
+    pub async fn ingest_logs(&self, mut req: ExportLogsServiceRequest) -> Result<IngestOutcome> {
+        self.check_memory()?;
+        let _permit = self.admit(req.encoded_len())?;
+        let v = validate_logs(&mut req, &self.cfg.limits);
+        self.metrics.logs_rejected.add(v.rejected as u64);
+        self.count_limits(&v);
+        if v.accepted == 0 {
+            return self.nothing_accepted(&v);
+        }
+        let t = Instant::now();
+        let batch = skein_columnar::logs::build(&req)?;
+        let payload = prefixed(RECORD_LOGS, &req);
+        self.metrics.build_seconds.observe(t.elapsed());
+        let _gate = self.gate.read().await;
+        if !self.all_present_in(&batch, |h| &h.logs) {
+            self.wal.append(payload).await?;
+        }
+        let active = Arc::clone(&self.state.read().active);
+        active.insert_logs(self.not_frozen(batch, |h| &h.logs)?)?;
+        self.metrics.logs_accepted.add(v.accepted as u64);
+        Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
+    }
+
+    /// Validates, logs and stores a metrics export, as [`Store::ingest_logs`].
+    ///
+    /// # Errors
+    /// As [`Store::ingest_traces`].
+    pub async fn ingest_metrics(&self, mut req: ExportMetricsServiceRequest) -> Result<IngestOutcome> {
+        self.check_memory()?;
+        let _permit = self.admit(req.encoded_len())?;
+        let v = validate_metrics(&mut req, &self.cfg.limits);
+        self.metrics.points_rejected.add(v.rejected as u64);
+        self.count_limits(&v);
+        if v.accepted == 0 {
+            return self.nothing_accepted(&v);
+        }
+        let t = Instant::now();
+        let batch = skein_columnar::metrics::build(&req)?;
+        let payload = prefixed(RECORD_METRICS, &req);
+        self.metrics.build_seconds.observe(t.elapsed());
+        let _gate = self.gate.read().await;
+        if !self.all_present_in(&batch, |h| &h.metrics) {
+            self.wal.append(payload).await?;
+        }
+        let active = Arc::clone(&self.state.read().active);
+        active.insert_metrics(self.not_frozen(batch, |h| &h.metrics)?)?;
+        self.metrics.points_accepted.add(v.accepted as u64);
+        Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
+    }
+
+    /// Stores a logs export given as protobuf bytes.
+    ///
+    /// # Errors
+    /// `Malformed` for bytes that are not an `ExportLogsServiceRequest`, else as
+    /// [`Store::ingest_logs`].
+    pub async fn ingest_logs_protobuf(&self, body: Bytes) -> Result<IngestOutcome> {
+        let req = self.decode_blocking(body, |b| ExportLogsServiceRequest::decode(b)).await?;
+        self.ingest_logs(req).await
+    }
+
+    /// Stores a metrics export given as protobuf bytes.
+    ///
+    /// # Errors
+    /// `Malformed` for bytes that are not an `ExportMetricsServiceRequest`, else as
+    /// [`Store::ingest_metrics`].
+    pub async fn ingest_metrics_protobuf(&self, body: Bytes) -> Result<IngestOutcome> {
+        let req = self.decode_blocking(body, |b| ExportMetricsServiceRequest::decode(b)).await?;
+        self.ingest_metrics(req).await
+    }
+
+    /// Decodes a request, on the blocking pool when it is large.
+    async fn decode_blocking<M: Send + 'static>(
+        &self,
+        body: Bytes,
+        decode: fn(&[u8]) -> std::result::Result<M, prost::DecodeError>,
+    ) -> Result<M> {
+        let malformed = |e: prost::DecodeError| Error::Malformed(format!("malformed protobuf: {e}"));
+        if body.len() >= BLOCKING_DECODE_BYTES {
+            tokio::task::spawn_blocking(move || decode(&body)).await.map_err(|e| Error::Task(e.to_string()))?.map_err(malformed)
+        } else {
+            decode(&body).map_err(malformed)
+        }
+    }
+
+    /// Whether every record of `batch` is in a head's `table` already (a retry).
+    fn all_present_in(&self, batch: &RecordBatch, table: fn(&Head) -> &SignalHead) -> bool {
+        let st = self.state.read();
+        let Ok(fps) = skein_columnar::logs::fingerprints(batch) else { return false };
+        fps.values().iter().all(|f| table(&st.active).contains(*f) || st.frozen.iter().any(|fr| table(&fr.head).contains(*f)))
+    }
+
+    /// `batch` without the records a head being flushed holds already.
+    fn not_frozen(&self, batch: RecordBatch, table: fn(&Head) -> &SignalHead) -> Result<RecordBatch> {
+        let frozen: Vec<Arc<Head>> = self.state.read().frozen.iter().map(|f| Arc::clone(&f.head)).collect();
+        if frozen.is_empty() {
+            return Ok(batch);
+        }
+        let fps = skein_columnar::logs::fingerprints(&batch)?;
+        let keep: arrow::array::BooleanArray = fps.values().iter().map(|f| Some(!frozen.iter().any(|h| table(h).contains(*f)))).collect();
+        Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
+    }
+
     /// Reserves `bytes` of the in-flight budget for one request.
     fn admit(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
@@ -279,9 +422,13 @@ impl Store {
         })
     }
 
-    fn count_validation(&self, v: &Validated) {
+    fn count_limits(&self, v: &Validated) {
         self.metrics.attributes_dropped.add(v.attributes_dropped);
         self.metrics.values_truncated.add(v.values_truncated);
+    }
+
+    fn count_validation(&self, v: &Validated) {
+        self.count_limits(v);
         if v.rejected > 0 {
             let mut r = self.metrics.rejected.lock();
             for (reason, n) in &v.rejected_by_reason {
@@ -358,7 +505,7 @@ impl Store {
     /// The WAL could not start a new segment.
     pub(crate) async fn freeze(&self) -> Result<bool> {
         let _gate = self.gate.write().await;
-        if self.state.read().active.stats().rows == 0 {
+        if self.state.read().active.is_empty() {
             return Ok(false);
         }
         let wal_before = self.wal.rotate()?;
@@ -376,7 +523,26 @@ impl Store {
             head.extend(f.head.snapshot());
         }
         head.extend(st.active.snapshot());
-        Snapshot { head, blocks: Arc::clone(&st.blocks) }
+        let table = |f: fn(&Head) -> &SignalHead, blocks: &Arc<Vec<Arc<Block>>>| {
+            let mut head = Vec::new();
+            for fr in &st.frozen {
+                head.extend(f(&fr.head).snapshot());
+            }
+            head.extend(f(&st.active).snapshot());
+            TableSnapshot { head, blocks: Arc::clone(blocks) }
+        };
+        Snapshot { head, blocks: Arc::clone(&st.blocks), logs: table(|h| &h.logs, &st.logs), metrics: table(|h| &h.metrics, &st.metrics) }
+    }
+
+    /// Every node that has sent records, with its statistics (flushed and in the heads).
+    pub fn nodes(&self) -> NodeMap {
+        let st = self.state.read();
+        let mut out = st.nodes.as_ref().clone();
+        for f in &st.frozen {
+            merge_nodes(&mut out, &f.head.nodes());
+        }
+        merge_nodes(&mut out, &st.active.nodes());
+        out
     }
 
     /// Every span of trace `id`, from the blocks and the heads, each span once.
@@ -478,6 +644,14 @@ impl Store {
         let m = &self.metrics;
         metrics::header(out, "skein_spans_accepted_total", "counter", "Spans accepted and stored.");
         metrics::sample(out, "skein_spans_accepted_total", "", m.spans_accepted.get());
+        metrics::header(out, "skein_log_records_accepted_total", "counter", "Log records accepted and stored.");
+        metrics::sample(out, "skein_log_records_accepted_total", "", m.logs_accepted.get());
+        metrics::header(out, "skein_log_records_rejected_total", "counter", "Log records rejected as invalid.");
+        metrics::sample(out, "skein_log_records_rejected_total", "", m.logs_rejected.get());
+        metrics::header(out, "skein_metric_points_accepted_total", "counter", "Metric data points accepted and stored.");
+        metrics::sample(out, "skein_metric_points_accepted_total", "", m.points_accepted.get());
+        metrics::header(out, "skein_metric_points_rejected_total", "counter", "Metric data points rejected as invalid.");
+        metrics::sample(out, "skein_metric_points_rejected_total", "", m.points_rejected.get());
         metrics::header(out, "skein_spans_rejected_total", "counter", "Spans rejected, by reason.");
         for (reason, n) in m.rejected.lock().iter() {
             metrics::sample(out, "skein_spans_rejected_total", &format!("reason=\"{reason}\""), n);
@@ -556,8 +730,29 @@ fn wal_id(dir: &Path) -> Result<String> {
     Ok(id)
 }
 
+/// `req` in protobuf behind the record kind byte.
+fn prefixed(kind: u8, req: &impl Message) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(req.encoded_len() + 1);
+    payload.push(kind);
+    // Encoding into a Vec with enough capacity cannot fail.
+    let _ = req.encode(&mut payload);
+    payload
+}
+
 fn replay_record(head: &Head, payload: &[u8]) -> std::result::Result<(), String> {
     match payload.split_first() {
+        Some((&RECORD_LOGS, body)) => {
+            let req = ExportLogsServiceRequest::decode(body).map_err(|e| e.to_string())?;
+            let batch = skein_columnar::logs::build(&req).map_err(|e| e.to_string())?;
+            head.insert_logs(batch).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Some((&RECORD_METRICS, body)) => {
+            let req = ExportMetricsServiceRequest::decode(body).map_err(|e| e.to_string())?;
+            let batch = skein_columnar::metrics::build(&req).map_err(|e| e.to_string())?;
+            head.insert_metrics(batch).map_err(|e| e.to_string())?;
+            Ok(())
+        }
         Some((&RECORD_TRACES, body)) => {
             let req = ExportTraceServiceRequest::decode(body).map_err(|e| e.to_string())?;
             let batch = skein_columnar::spans::build(&req).map_err(|e| e.to_string())?;

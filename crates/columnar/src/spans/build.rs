@@ -23,25 +23,25 @@ use std::sync::Arc;
 /// The bytes are not checked as they are appended: [`Self::finish`] checks the whole column at
 /// once (all UTF-8, every offset on a char boundary, which is what Arrow checks anyway), which
 /// costs a fraction of checking each value (see `super::wire`).
-pub(super) struct StrCol {
+pub(crate) struct StrCol {
     offsets: Vec<i32>,
     /// The value bytes; a caller may append to it directly and then [`Self::close`] the value.
-    pub(super) data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// Validity, materialised at the first null: most columns (every map key and value) never
     /// hold one, and a `bool` per value is not free on the hot path.
     valid: Option<Vec<bool>>,
 }
 
 impl StrCol {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { offsets: vec![0], data: Vec::new(), valid: None }
     }
-    pub(super) fn push(&mut self, s: &[u8]) {
+    pub(crate) fn push(&mut self, s: &[u8]) {
         self.data.extend_from_slice(s);
         self.close(true);
     }
     /// Pushes `s`, or a null when it is empty (OTLP has no null strings, only empty ones).
-    pub(super) fn push_opt(&mut self, s: &[u8]) {
+    pub(crate) fn push_opt(&mut self, s: &[u8]) {
         if s.is_empty() {
             self.close(false);
         } else {
@@ -49,7 +49,7 @@ impl StrCol {
         }
     }
     /// Ends the value made of the bytes appended to [`Self::data`] since the last close.
-    pub(super) fn close(&mut self, valid: bool) {
+    pub(crate) fn close(&mut self, valid: bool) {
         self.offsets.push(self.data.len() as i32);
         match &mut self.valid {
             Some(v) => v.push(valid),
@@ -74,14 +74,14 @@ impl StrCol {
     }
     /// # Errors
     /// If the column is not UTF-8 or a value boundary splits a character.
-    fn finish(self) -> Result<StringArray, ArrowError> {
+    pub(crate) fn finish(self) -> Result<StringArray, ArrowError> {
         let nulls = self.valid.map(NullBuffer::from);
         StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets))), Buffer::from(exact(self.data)), nulls)
     }
 }
 
 /// A growing attribute map column plus its parallel type-tag column.
-pub(super) struct MapCol {
+pub(crate) struct MapCol {
     offsets: Vec<i32>,
     keys: StrCol,
     values: StrCol,
@@ -89,12 +89,12 @@ pub(super) struct MapCol {
 }
 
 impl MapCol {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { offsets: vec![0], keys: StrCol::new(), values: StrCol::new(), tags: Vec::new() }
     }
 
     /// Appends one row holding `attrs`.
-    pub(super) fn push(&mut self, attrs: &[KeyValue]) {
+    pub(crate) fn push(&mut self, attrs: &[KeyValue]) {
         for kv in attrs {
             let out = self.begin_entry(kv.key.as_bytes());
             let t = value::render(kv.value.as_ref(), out);
@@ -105,25 +105,25 @@ impl MapCol {
 
     /// Starts an entry of the current row: appends `key` and returns the buffer the value is
     /// rendered into. [`Self::end_entry`] must follow.
-    pub(super) fn begin_entry(&mut self, key: &[u8]) -> &mut Vec<u8> {
+    pub(crate) fn begin_entry(&mut self, key: &[u8]) -> &mut Vec<u8> {
         self.keys.push(key);
         &mut self.values.data
     }
 
     /// Ends the entry started by [`Self::begin_entry`], with the value's type tag.
-    pub(super) fn end_entry(&mut self, tag: u8) {
+    pub(crate) fn end_entry(&mut self, tag: u8) {
         self.values.close(true);
         self.tags.push(tag);
     }
 
     /// Ends the current row (which may be empty).
-    pub(super) fn close_row(&mut self) {
+    pub(crate) fn close_row(&mut self) {
         self.offsets.push(self.tags.len() as i32);
     }
 
     /// # Errors
     /// If a key or value is not UTF-8.
-    fn finish(self) -> Result<(MapArray, BinaryArray), ArrowError> {
+    pub(crate) fn finish(self) -> Result<(MapArray, BinaryArray), ArrowError> {
         let offsets = OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets)));
         let entries = StructArray::new(
             match map_entries().data_type() {
@@ -141,7 +141,7 @@ impl MapCol {
 
 /// The growing `resource` column: a key per row into the distinct resource encodings of the
 /// batch, each stored once (see the `spans` module documentation).
-pub(super) struct ResourceCol {
+pub(crate) struct ResourceCol {
     keys: Vec<i32>,
     offsets: Vec<i32>,
     values: Vec<u8>,
@@ -150,12 +150,12 @@ pub(super) struct ResourceCol {
 }
 
 impl ResourceCol {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self { keys: Vec::with_capacity(n), offsets: vec![0], values: Vec::new(), index: HashMap::new() }
     }
 
     /// Appends `rows` rows holding the resource encoded as `encoded`.
-    fn push(&mut self, rows: usize, encoded: &[u8]) {
+    pub(crate) fn push(&mut self, rows: usize, encoded: &[u8]) {
         // A value appended zero times would still enter the dictionary.
         if rows == 0 {
             return;
@@ -173,25 +173,25 @@ impl ResourceCol {
         self.keys.extend(std::iter::repeat_n(key, rows));
     }
 
-    fn finish(self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+    pub(crate) fn finish(self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
         let values = BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(exact(self.offsets))), Buffer::from(exact(self.values)), None);
         DictionaryArray::try_new(Int32Array::from(exact(self.keys)), Arc::new(values))
     }
 }
 
-fn fsb(size: i32, data: Vec<u8>, nulls: Option<NullBuffer>) -> Result<FixedSizeBinaryArray, ArrowError> {
+pub(crate) fn fsb(size: i32, data: Vec<u8>, nulls: Option<NullBuffer>) -> Result<FixedSizeBinaryArray, ArrowError> {
     FixedSizeBinaryArray::try_new(size, Buffer::from(data), nulls)
 }
 
 /// A dictionary builder sized for `rows` rows of a low-cardinality column: the default
 /// capacity (1024 values) would cost more than the column itself for small batches.
-fn dict_builder(rows: usize) -> StringDictionaryBuilder<Int32Type> {
+pub(crate) fn dict_builder(rows: usize) -> StringDictionaryBuilder<Int32Type> {
     StringDictionaryBuilder::with_capacity(rows, 8, 256)
 }
 
 /// `v` without spare capacity: a batch lives in the head for a long time, and the memory limit
 /// counts what buffers hold, not what they use.
-fn exact<T>(mut v: Vec<T>) -> Vec<T> {
+pub(crate) fn exact<T>(mut v: Vec<T>) -> Vec<T> {
     v.shrink_to_fit();
     v
 }

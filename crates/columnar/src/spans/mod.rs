@@ -29,10 +29,10 @@
 //! protobuf, with `kv` for attributes and `protobuf` for the wire format itself), `view`
 //! (reading batches back).
 
-mod build;
+pub(crate) mod build;
 mod kv;
 mod protobuf;
-mod view;
+pub(crate) mod view;
 mod wire;
 
 #[cfg(test)]
@@ -83,11 +83,11 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 /// Node name used when a resource names no host or pod.
 pub const UNKNOWN_NODE: &str = "unknown_node";
 
-fn ts() -> DataType {
+pub(crate) fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
-fn dict() -> DataType {
+pub(crate) fn dict() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 

@@ -25,7 +25,7 @@ pub struct DictStr<'a> {
 }
 
 impl<'a> DictStr<'a> {
-    fn new(a: &'a ArrayRef) -> Self {
+    pub(crate) fn new(a: &'a ArrayRef) -> Self {
         let d: &DictionaryArray<Int32Type> = a.as_dictionary();
         Self { keys: d.keys(), values: d.values().as_string::<i32>() }
     }
@@ -47,7 +47,7 @@ impl<'a> DictStr<'a> {
 }
 
 /// The `resource` column, read by row, each distinct resource decoded once.
-struct ResourceDict<'a> {
+pub(crate) struct ResourceDict<'a> {
     keys: &'a arrow::array::PrimitiveArray<Int32Type>,
     values: &'a BinaryArray,
     /// Per dictionary key: each attribute with its display string.
@@ -55,14 +55,14 @@ struct ResourceDict<'a> {
 }
 
 impl<'a> ResourceDict<'a> {
-    fn new(a: &'a ArrayRef) -> Self {
+    pub(crate) fn new(a: &'a ArrayRef) -> Self {
         let d: &DictionaryArray<Int32Type> = a.as_dictionary();
         let values = d.values().as_binary::<i32>();
         Self { keys: d.keys(), values, decoded: (0..values.len()).map(|_| OnceLock::new()).collect() }
     }
 
     /// The attributes of the resource at `row`, with their display strings.
-    fn get(&self, row: usize) -> &[(Attr, String)] {
+    pub(crate) fn get(&self, row: usize) -> &[(Attr, String)] {
         let key = self.keys.value(row) as usize;
         let Some(cell) = self.decoded.get(key) else { return &[] };
         cell.get_or_init(|| {
@@ -129,7 +129,7 @@ pub struct SpanView<'a> {
     dropped: [&'a UInt32Array; 3],
 }
 
-fn read_map(map: &MapArray, types: &BinaryArray, row: usize) -> Vec<Attr> {
+pub(crate) fn read_map(map: &MapArray, types: &BinaryArray, row: usize) -> Vec<Attr> {
     let entries = map.value(row);
     let keys = entries.column(0).as_string::<i32>();
     let vals = entries.column(1).as_string::<i32>();

@@ -19,6 +19,7 @@
 
 mod catalog;
 mod render;
+pub mod signals;
 
 use crate::ExportTraceServiceRequest;
 use crate::proto::common::v1::InstrumentationScope;

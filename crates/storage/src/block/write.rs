@@ -11,6 +11,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPrope
 use parquet::schema::types::ColumnPath;
 use skein_columnar::spans::{SpanView, schema, stored_columns, stored_schema};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// A block's bytes and what the manifest needs to know about them.
 #[derive(Debug)]
@@ -131,4 +132,43 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
         (min_start, max_start, max_end) = (0, 0, 0);
     }
     Ok(Encoded { bytes, rows: kept.len() as u64, duplicates, min_start_ns: min_start, max_start_ns: max_start, max_end_ns: max_end })
+}
+
+/// Encodes `batches` of a `logs` or `metrics` table (with `time` and `fingerprint` columns) as
+/// one Parquet file, sorted by `time` (so row-group statistics prune time ranges), with a
+/// bloom filter on each column of `bloom` and every record once by fingerprint.
+/// `min_start_ns`/`max_start_ns`/`max_end_ns` of the result are the time range.
+///
+/// # Errors
+/// A batch lacks `time` or `fingerprint`, or Parquet encoding failed.
+pub fn encode_table(batches: &[&RecordBatch], schema: &arrow::datatypes::SchemaRef, cfg: &BlockConfig, bloom: &[&str]) -> Result<Encoded, ParquetError> {
+    let all = arrow::compute::concat_batches(schema, batches.iter().copied())?;
+    let times = skein_columnar::logs::times(&all)?;
+    let fps = skein_columnar::logs::fingerprints(&all)?;
+    let mut order: Vec<(i64, u64, u32)> = (0..all.num_rows()).map(|r| (times.value(r), fps.value(r), r as u32)).collect();
+    order.sort_unstable();
+    let before = order.len();
+    order.dedup_by_key(|k| (k.0, k.1));
+    let duplicates = (before - order.len()) as u64;
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(cfg.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(cfg.page_rows.max(1))
+        .set_write_batch_size(cfg.page_rows.clamp(1, 1024))
+        .set_column_dictionary_enabled(ColumnPath::from("time"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("fingerprint"), false);
+    for c in bloom {
+        props = props.set_column_bloom_filter_enabled(ColumnPath::from(*c), true).set_column_bloom_filter_fpp(ColumnPath::from(*c), 0.01);
+    }
+    let mut w = ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props.build()))?;
+    for chunk in order.chunks(CHUNK_ROWS) {
+        let idx: UInt32Array = chunk.iter().map(|k| k.2).collect();
+        w.write(&arrow::compute::take_record_batch(&all, &idx)?)?;
+    }
+    let (lo, hi) = match (order.first(), order.last()) {
+        (Some(a), Some(b)) => (a.0, b.0),
+        _ => (0, 0),
+    };
+    Ok(Encoded { bytes: w.into_inner()?, rows: order.len() as u64, duplicates, min_start_ns: lo, max_start_ns: hi, max_end_ns: hi })
 }
