@@ -279,8 +279,11 @@ impl<'a> LogView<'a> {
     /// # Errors
     /// `b` does not have the `logs` schema.
     pub fn new(b: &'a RecordBatch) -> Result<Self, ArrowError> {
-        if b.schema().fields() != schema().fields() {
-            return Err(ArrowError::SchemaError("not a logs batch".into()));
+        let expected = schema();
+        let same = b.num_columns() == expected.fields().len()
+            && b.schema().fields().iter().zip(expected.fields()).all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+        if !same {
+            return Err(ArrowError::SchemaError(format!("not a logs batch: {}", b.schema())));
         }
         Ok(Self { b, resource: ResourceDict::new(b.column(col::RESOURCE)) })
     }

@@ -75,3 +75,89 @@ pub struct Dependency {
     /// Of those, child spans with status error.
     pub error_count: u64,
 }
+
+/// Filters of a log search (`GET /api/v1/logs`, `GET /api/v1/traces/{id}/logs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogQuery {
+    /// `service.name` of the record's resource.
+    pub service: Option<String>,
+    /// Node the record came from.
+    pub node: Option<String>,
+    /// Records at this OTLP severity number or above.
+    pub min_severity: Option<i32>,
+    /// Records of this trace.
+    pub trace_id: Option<crate::TraceId>,
+    /// Records of this span.
+    pub span_id: Option<crate::SpanId>,
+    /// Records with this correlation (request) id.
+    pub correlation_id: Option<String>,
+    /// Records whose body contains this text (case-insensitive).
+    pub text: Option<String>,
+    /// Earliest record time (Unix ns).
+    pub start_ns: Option<i64>,
+    /// Latest record time (Unix ns).
+    pub end_ns: Option<i64>,
+    /// Records returned at most.
+    pub limit: usize,
+    /// Oldest first (a trace's logs) instead of newest first (search).
+    pub oldest_first: bool,
+}
+
+/// How the points of a metric series are combined within one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MetricAgg {
+    /// Mean of the values.
+    #[default]
+    Avg,
+    /// Largest value.
+    Max,
+    /// Smallest value.
+    Min,
+    /// Sum of the values.
+    Sum,
+    /// Per-second increase: of a cumulative counter (resets handled), or the sum of delta
+    /// values divided by the step.
+    Rate,
+}
+
+impl MetricAgg {
+    /// Parses `avg`, `max`, `min`, `sum`, `rate`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "avg" => Self::Avg,
+            "max" => Self::Max,
+            "min" => Self::Min,
+            "sum" => Self::Sum,
+            "rate" => Self::Rate,
+            _ => return None,
+        })
+    }
+
+    /// The name [`MetricAgg::from_name`] parses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avg => "avg",
+            Self::Max => "max",
+            Self::Min => "min",
+            Self::Sum => "sum",
+            Self::Rate => "rate",
+        }
+    }
+}
+
+/// A metric series query (`GET /api/v1/metrics`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricQuery {
+    /// Metric name.
+    pub name: String,
+    /// Only this node.
+    pub node: Option<String>,
+    /// Window start (Unix ns).
+    pub start_ns: i64,
+    /// Window end (Unix ns).
+    pub end_ns: i64,
+    /// Bucket width in ns.
+    pub step_ns: i64,
+    /// How points within a bucket combine.
+    pub agg: MetricAgg,
+}

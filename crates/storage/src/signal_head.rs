@@ -39,7 +39,13 @@ pub struct NodeStats {
     /// Services seen on the node.
     #[serde(default)]
     pub services: BTreeSet<String>,
+    /// The node's identity attributes ([`IDENTITY_KEYS`]) from the latest resource that had them.
+    #[serde(default)]
+    pub identity: BTreeMap<String, String>,
 }
+
+/// Resource attributes that identify a node, reported by `GET /api/v1/nodes`.
+pub const IDENTITY_KEYS: [&str; 6] = ["host.name", "host.id", "k8s.pod.name", "k8s.namespace.name", "k8s.node.name", "k8s.pod.uid"];
 
 impl NodeStats {
     /// Folds `other` (later data) into `self`.
@@ -57,6 +63,9 @@ impl NodeStats {
             self.agent_version.clone_from(&other.agent_version);
         }
         self.services.extend(other.services.iter().cloned());
+        for (k, v) in &other.identity {
+            self.identity.insert(k.clone(), v.clone());
+        }
     }
 }
 
@@ -139,12 +148,15 @@ fn add(
         Table::Metrics => s.metrics = rows,
     }
     s.services = svc.into_iter().filter(|&i| (i as usize) < services.len()).map(|i| services.value(i as usize).to_string()).collect();
-    s.agent_version = res.into_iter().filter(|&i| (i as usize) < resources.len()).find_map(|i| {
-        skein_columnar::spans::resource_attributes(resources.value(i as usize))
-            .into_iter()
-            .find(|(key, _)| key == AGENT_VERSION_KEY)
-            .map(|(_, v)| v)
-    });
+    for i in res.into_iter().filter(|&i| (i as usize) < resources.len()) {
+        for (key, v) in skein_columnar::spans::resource_attributes(resources.value(i as usize)) {
+            if key == AGENT_VERSION_KEY {
+                s.agent_version = Some(v);
+            } else if IDENTITY_KEYS.contains(&key.as_str()) {
+                s.identity.insert(key, v);
+            }
+        }
+    }
     map.entry(node.to_string()).or_default().merge(&s);
 }
 

@@ -29,6 +29,11 @@ impl<'a> DictStr<'a> {
         let d: &DictionaryArray<Int32Type> = a.as_dictionary();
         Self { keys: d.keys(), values: d.values().as_string::<i32>() }
     }
+    /// A view of `a`, `None` unless it is a `Dictionary<Int32, Utf8>` column.
+    pub fn try_new(a: &'a ArrayRef) -> Option<Self> {
+        let d: &DictionaryArray<Int32Type> = a.as_dictionary_opt()?;
+        Some(Self { keys: d.keys(), values: d.values().as_string_opt::<i32>()? })
+    }
     /// The value at `row`, `None` when null.
     pub fn get(&self, row: usize) -> Option<&'a str> {
         if self.keys.is_null(row) {

@@ -9,17 +9,22 @@
 //! Tables:
 //! - `spans_raw`: the stored schema, heads and blocks together ([`table::SpansTable`]);
 //! - `spans`: a view of it with `resource` decoded into `resource_attributes` (a map, like
-//!   `attributes`) and the internal `attribute_types` column left out.
+//!   `attributes`) and the internal `attribute_types` column left out;
+//! - `logs_raw`, `metrics_raw` ([`table::SignalTable`]) and their views `logs`, `metrics`, which
+//!   decode the resource the same way and leave out `attribute_types` and `fingerprint`.
 //!
 //! SQL is read-only: DDL, DML and statements (`SET`, transactions) are refused, no URL or file
 //! table is registered, and `generate_series`/`range` are removed.
 
 mod json;
 mod search;
+pub mod signals;
 pub mod table;
 
 pub use json::to_json;
 
+#[cfg(test)]
+mod signal_tests;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +41,7 @@ use skein_core::ErrorCode;
 use skein_storage::{Snapshot, Store};
 use std::sync::Arc;
 use std::time::Duration;
-use table::{Part, ResourceAttributes, SpansTable};
+use table::{Part, ResourceAttributes, SignalTable, SpansTable};
 
 /// Limits on one SQL query.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +85,18 @@ const SPANS_VIEW: &str = "CREATE VIEW spans AS SELECT trace_id, span_id, parent_
     start_time, arrow_cast(arrow_cast(start_time, 'Int64') + duration_ns, 'Timestamp(Nanosecond, Some(\"UTC\"))') AS end_time, duration_ns, status_code, status_message, service_name, node, \
     resource_attributes(resource) AS resource_attributes, attributes, scope_name, scope_version, events, links, \
     dropped_attributes_count, dropped_events_count, dropped_links_count FROM spans_raw";
+
+const LOGS_VIEW: &str = "CREATE VIEW logs AS SELECT time, observed_time, severity_number, severity_text, body, trace_id, span_id, \
+    flags, event_name, correlation_id, service_name, node, resource_attributes(resource) AS resource_attributes, attributes, \
+    scope_name, scope_version, dropped_attributes_count, source FROM logs_raw";
+
+const METRICS_VIEW: &str = "CREATE VIEW metrics AS SELECT time, start_time, name, description, unit, kind, temporality, is_monotonic, \
+    value, count, sum, min, max, bucket_counts, explicit_bounds, exp_scale, exp_zero_count, exp_positive_offset, \
+    exp_positive_bucket_counts, exp_negative_offset, exp_negative_bucket_counts, quantiles, quantile_values, flags, \
+    service_name, node, resource_attributes(resource) AS resource_attributes, attributes, scope_name, scope_version FROM metrics_raw";
+
+/// Rows a metric query reads at most (points of all its series together).
+pub const MAX_SERIES_POINTS: usize = 1_000_000;
 
 /// The object-store URL blocks are registered under in each context.
 const STORE_URL: &str = "skein://blocks";
@@ -138,8 +155,15 @@ impl Engine {
         ctx.register_udf(ScalarUDF::from(ResourceAttributes::default()));
         ctx.deregister_udtf("generate_series");
         ctx.deregister_udtf("range");
-        ctx.register_table("spans_raw", Arc::new(SpansTable::new(snapshot, url, part))).map_err(datafusion_error)?;
-        ctx.sql(SPANS_VIEW).await.map_err(datafusion_error)?;
+        let (logs, metrics) = (snapshot.logs.clone(), snapshot.metrics.clone());
+        ctx.register_table("spans_raw", Arc::new(SpansTable::new(snapshot, url.clone(), part))).map_err(datafusion_error)?;
+        ctx.register_table("logs_raw", Arc::new(SignalTable::new(skein_columnar::logs::schema(), logs, url.clone())))
+            .map_err(datafusion_error)?;
+        ctx.register_table("metrics_raw", Arc::new(SignalTable::new(skein_columnar::metrics::schema(), metrics, url)))
+            .map_err(datafusion_error)?;
+        for view in [SPANS_VIEW, LOGS_VIEW, METRICS_VIEW] {
+            ctx.sql(view).await.map_err(datafusion_error)?;
+        }
         Ok(ctx)
     }
 
@@ -217,7 +241,7 @@ fn read_only_error(query: &str, e: DataFusionError) -> QueryError {
         err.message = format!("{} at the end of the statement (line {line}, column {column})", err.message);
     }
     if err.message.contains("table function") || err.message.contains("table '") && query.contains('\'') {
-        err.message.push_str(" (SQL reads only the tables spans and spans_raw; file and URL tables are not available)");
+        err.message.push_str(" (SQL reads only the tables spans, logs, metrics and their *_raw forms; file and URL tables are not available)");
     }
     err
 }

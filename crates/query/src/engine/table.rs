@@ -1,4 +1,4 @@
-//! The `spans_raw` table provider: the head batches and the listed blocks of one store
+//! The `spans_raw`, `logs_raw` and `metrics_raw` table providers, and for spans: the head batches and the listed blocks of one store
 //! snapshot as one DataFusion table of the stored schema (no `end_time`; the `spans` view
 //! computes it), and the `resource_attributes` function that turns the
 //! stored resource encoding into a map.
@@ -22,7 +22,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use skein_columnar::spans::{map_entries, map_type, resource_attributes, resource_type, stored_columns, stored_schema};
-use skein_storage::Snapshot;
+use skein_storage::{Snapshot, TableSnapshot};
 use std::sync::Arc;
 
 /// Which part of a snapshot a table reads.
@@ -54,15 +54,15 @@ impl SpansTable {
     }
 }
 
-/// The `[from, to]` range of span start times the filters allow, for pruning blocks by the
-/// manifest before any file is opened.
-fn start_range(filters: &[Expr]) -> (i64, i64) {
+/// The `[from, to]` range of `column` (span start times, or record times) the filters allow,
+/// for pruning blocks by the manifest before any file is opened.
+fn time_range(filters: &[Expr], column: &str) -> (i64, i64) {
     let (mut lo, mut hi) = (i64::MIN, i64::MAX);
     for f in filters {
         let Expr::BinaryExpr(BinaryExpr { left, op, right }) = f else { continue };
         let (col_left, other, op) = match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), other) if c.name == "start_time" => (true, other, *op),
-            (other, Expr::Column(c)) if c.name == "start_time" => (false, other, *op),
+            (Expr::Column(c), other) if c.name == column => (true, other, *op),
+            (other, Expr::Column(c)) if c.name == column => (false, other, *op),
             _ => continue,
         };
         let Expr::Literal(ScalarValue::TimestampNanosecond(Some(v), _), _) = other else { continue };
@@ -104,43 +104,107 @@ impl TableProvider for SpansTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = stored_schema();
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if self.part == Part::All && !self.snapshot.head.is_empty() {
+        let head = if self.part == Part::All {
             // The head has `end_time`; the table has the stored columns (the view adds it back).
-            let batches: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.project(stored_columns())).collect::<Result<_, _>>()?;
-            // One partition per core's share of batches, so the head is scanned in parallel.
-            let parts = state.config().target_partitions().max(1);
-            let per = batches.len().div_ceil(parts).max(1);
-            let partitions: Vec<Vec<RecordBatch>> = batches.chunks(per).map(<[RecordBatch]>::to_vec).collect();
-            let mem = MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
-            inputs.push(DataSourceExec::from_data_source(mem));
+            self.snapshot.head.iter().map(|b| b.project(stored_columns())).collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let (lo, hi) = time_range(filters, "start_time");
+        let blocks = self.snapshot.blocks.iter().filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi);
+        union_scan(state, &schema, head, blocks, &self.url, projection, filters, limit)
+    }
+}
+
+/// The plan that reads `head` batches and `blocks` (Parquet files in the object store `url`)
+/// as one table of `schema`, with the filters pushed into the Parquet scan.
+#[allow(clippy::too_many_arguments)]
+fn union_scan<'a>(
+    state: &dyn Session,
+    schema: &SchemaRef,
+    head: Vec<RecordBatch>,
+    blocks: impl Iterator<Item = &'a Arc<skein_storage::block::Block>>,
+    url: &ObjectStoreUrl,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    if !head.is_empty() {
+        // One partition per core's share of batches, so the head is scanned in parallel.
+        let parts = state.config().target_partitions().max(1);
+        let per = head.len().div_ceil(parts).max(1);
+        let partitions: Vec<Vec<RecordBatch>> = head.chunks(per).map(<[RecordBatch]>::to_vec).collect();
+        let mem = MemorySourceConfig::try_new(&partitions, Arc::clone(schema), projection.cloned())?.with_limit(limit);
+        inputs.push(DataSourceExec::from_data_source(mem));
+    }
+    let files: Vec<PartitionedFile> = blocks.map(|b| PartitionedFile::new(b.meta.path.clone(), b.meta.bytes)).collect();
+    if !files.is_empty() {
+        let df_schema = DFSchema::try_from(Arc::clone(schema))?;
+        let mut source = ParquetSource::new(Arc::clone(schema)).with_table_parquet_options(state.default_table_options().parquet);
+        if let Some(e) = conjunction(filters.iter().cloned()) {
+            source = source.with_predicate(state.create_physical_expr(e, &df_schema)?);
         }
-        let (lo, hi) = start_range(filters);
-        let files: Vec<PartitionedFile> = self
-            .snapshot
-            .blocks
-            .iter()
-            .filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi)
-            .map(|b| PartitionedFile::new(b.meta.path.clone(), b.meta.bytes))
-            .collect();
-        if !files.is_empty() {
-            let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
-            let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(state.default_table_options().parquet);
-            if let Some(e) = conjunction(filters.iter().cloned()) {
-                source = source.with_predicate(state.create_physical_expr(e, &df_schema)?);
-            }
-            let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
-            let conf = FileScanConfigBuilder::new(self.url.clone(), Arc::new(source))
-                .with_file_groups(groups)
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(conf));
-        }
-        if inputs.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(datafusion::physical_plan::project_schema(&schema, projection)?)));
-        }
-        UnionExec::try_new(inputs)
+        let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
+        let conf = FileScanConfigBuilder::new(url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        inputs.push(DataSourceExec::from_data_source(conf));
+    }
+    if inputs.is_empty() {
+        return Ok(Arc::new(EmptyExec::new(datafusion::physical_plan::project_schema(schema, projection)?)));
+    }
+    UnionExec::try_new(inputs)
+}
+
+/// The `logs_raw` or `metrics_raw` table: the head batches and the listed blocks of one table
+/// of a snapshot, pruned by the `time` range of the filters.
+pub struct SignalTable {
+    schema: SchemaRef,
+    snapshot: TableSnapshot,
+    url: ObjectStoreUrl,
+}
+
+impl std::fmt::Debug for SignalTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalTable").field("blocks", &self.snapshot.blocks.len()).finish()
+    }
+}
+
+impl SignalTable {
+    /// A table of `schema` over `snapshot`, whose blocks are in the object store `url`.
+    pub fn new(schema: SchemaRef, snapshot: TableSnapshot, url: ObjectStoreUrl) -> Self {
+        Self { schema, snapshot, url }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SignalTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let head: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.as_ref().clone()).collect();
+        let (lo, hi) = time_range(filters, "time");
+        let blocks = self.snapshot.blocks.iter().filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi);
+        union_scan(state, &self.schema, head, blocks, &self.url, projection, filters, limit)
     }
 }
 
