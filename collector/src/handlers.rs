@@ -2,7 +2,7 @@
 
 use crate::config::CollectorConfig;
 use serde_json::Value;
-use skein_core::query::{SearchParams, TraceOptions};
+use skein_core::query::{LogQuery, MetricQuery, SearchParams, TraceOptions};
 use skein_core::{ErrorCode, TraceId};
 use skein_otlp::Signal;
 use skein_query::assemble::{AssembleOptions, assemble};
@@ -102,8 +102,12 @@ impl OtlpIngest for Collector {
     fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
             let store = self.ready_store()?;
-            let Export::Traces(req) = req else { return Err(not_yet(req.signal())) };
-            let o = store.ingest_traces(req).await.map_err(api_error)?;
+            let o = match req {
+                Export::Traces(req) => store.ingest_traces(req).await,
+                Export::Logs(req) => store.ingest_logs(req).await,
+                Export::Metrics(req) => store.ingest_metrics(req).await,
+            }
+            .map_err(api_error)?;
             Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
         })
     }
@@ -111,19 +115,15 @@ impl OtlpIngest for Collector {
     fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
             let store = self.ready_store()?;
-            if signal != Signal::Traces {
-                return Err(not_yet(signal));
+            let o = match signal {
+                Signal::Traces => store.ingest_traces_protobuf(body).await,
+                Signal::Logs => store.ingest_logs_protobuf(body).await,
+                Signal::Metrics => store.ingest_metrics_protobuf(body).await,
             }
-            let o = store.ingest_traces_protobuf(body).await.map_err(api_error)?;
+            .map_err(api_error)?;
             Ok(ExportOutcome { rejected: o.rejected as i64, message: o.message })
         })
     }
-}
-
-/// Logs and metrics are received (the routes exist, so clients get a clear answer) but not
-/// stored yet.
-fn not_yet(signal: Signal) -> ApiError {
-    ApiError::new(ErrorCode::Unimplemented, format!("the collector does not store {signal} yet (only traces)"))
 }
 
 impl QueryService for Collector {
@@ -164,6 +164,18 @@ impl QueryService for Collector {
 
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
         Ok(skein_query::dependencies::dependencies(&self.ready_store()?.snapshot().head, start_ns, end_ns))
+    }
+
+    fn logs(&self, q: &LogQuery) -> Result<Vec<Value>, ApiError> {
+        block_on(self.engine()?.logs(q)).map_err(query_error)
+    }
+
+    fn metrics(&self, q: &MetricQuery) -> Result<Value, ApiError> {
+        block_on(self.engine()?.metric_series(q)).map_err(query_error)
+    }
+
+    fn nodes(&self) -> Result<Vec<Value>, ApiError> {
+        block_on(self.engine()?.nodes()).map_err(query_error)
     }
 
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {

@@ -38,6 +38,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/traces/{trace_id}/logs", get(trace_logs))
+        .route("/api/v1/logs", get(logs))
+        .route("/api/v1/metrics", get(metric_series))
+        .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/traces", get(search))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
@@ -62,6 +66,46 @@ async fn trace(State(st): State<QState>, Path(id): Path<String>, RawQuery(raw): 
     };
     let found = blocking(&st, "trace", move |q| q.trace(id, TraceOptions { adjust_skew })).await?;
     found.map(Json).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("trace {id} not found")))
+}
+
+/// `GET /api/v1/traces/{trace_id}/logs[?span_id=]`: every log record of the trace (or span),
+/// oldest first.
+async fn trace_logs(State(st): State<QState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let trace_id = parse_trace_id(&id)?;
+    let p = Params::parse(raw.as_deref());
+    p.only(&["span_id", "limit"])?;
+    let span_id = p
+        .get("span_id")
+        .map(|s| skein_core::SpanId::from_hex(s).map_err(|e| ApiError::bad_request(format!("invalid span id {s:?}: {e}"))))
+        .transpose()?;
+    let q = skein_core::query::LogQuery {
+        trace_id: Some(trace_id),
+        span_id,
+        oldest_first: true,
+        limit: p.limit_or(params::MAX_LIMIT)?,
+        ..Default::default()
+    };
+    let logs = blocking(&st, "logs", move |qs| qs.logs(&q)).await?;
+    Ok(Json(json!({ "trace_id": trace_id.to_hex(), "logs": logs })))
+}
+
+/// `GET /api/v1/logs?service=&node=&severity=&trace_id=&correlation_id=&q=&start=&end=&limit=`.
+async fn logs(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let q = params::log_search(&Params::parse(raw.as_deref()))?;
+    let logs = blocking(&st, "logs", move |qs| qs.logs(&q)).await?;
+    Ok(Json(json!({ "logs": logs })))
+}
+
+/// `GET /api/v1/metrics?name=&node=&start=&end=&step=&agg=`.
+async fn metric_series(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let q = params::metric_query(&Params::parse(raw.as_deref()), now_ns())?;
+    Ok(Json(blocking(&st, "metrics", move |qs| qs.metrics(&q)).await?))
+}
+
+/// `GET /api/v1/nodes`.
+async fn nodes(State(st): State<QState>) -> Result<Json<Value>, ApiError> {
+    let nodes = blocking(&st, "nodes", |q| q.nodes()).await?;
+    Ok(Json(json!({ "nodes": nodes })))
 }
 
 async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {

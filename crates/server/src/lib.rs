@@ -26,7 +26,7 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 use serde_json::Value;
 use skein_core::TraceId;
-use skein_core::query::{Dependency, SearchParams, TraceOptions};
+use skein_core::query::{Dependency, LogQuery, MetricQuery, SearchParams, TraceOptions};
 use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Signal};
 use std::future::Future;
 use std::pin::Pin;
@@ -129,6 +129,21 @@ pub trait QueryService: Send + Sync + 'static {
     /// `BadRequest` naming the problem (syntax with its position, unknown names, refused
     /// statements), `Timeout`, `ResourceExhausted` past the memory limit.
     fn sql(&self, query: &str, arrow: bool) -> Result<SqlOutput, ApiError>;
+    /// Log records matching `q` (`GET /api/v1/logs`, `GET /api/v1/traces/{id}/logs`), each once.
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn logs(&self, q: &LogQuery) -> Result<Vec<Value>, ApiError>;
+    /// The series of one metric (`GET /api/v1/metrics`).
+    ///
+    /// # Errors
+    /// `BadRequest` for too many steps; engine failures.
+    fn metrics(&self, q: &MetricQuery) -> Result<Value, ApiError>;
+    /// Every node that has sent data (`GET /api/v1/nodes`).
+    ///
+    /// # Errors
+    /// Engine failures.
+    fn nodes(&self) -> Result<Vec<Value>, ApiError>;
 }
 
 /// The answer of a SQL query.

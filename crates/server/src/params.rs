@@ -43,6 +43,18 @@ impl Params {
             .transpose()
     }
 
+    /// A 400 naming the first parameter not in `known`.
+    pub(crate) fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(ApiError::bad_request(format!("unknown parameter {k:?}: expected one of {}", known.join(", ")))),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn limit_or(&self, default: usize) -> Result<usize, ApiError> {
+        self.limit(default)
+    }
+
     fn limit(&self, default: usize) -> Result<usize, ApiError> {
         match self.int("limit")? {
             None | Some(0) => Ok(default),
@@ -119,6 +131,93 @@ fn status_code(v: &str) -> Result<i8, ApiError> {
         "error" => Ok(2),
         _ => Err(ApiError::bad_request(format!("parameter status={v:?}: expected ok, error or unset"))),
     }
+}
+
+/// Number of log records a search returns when `limit` is not given.
+pub const LOGS_DEFAULT_LIMIT: usize = 100;
+
+/// A severity given as an OTLP severity number (1–24) or a name (`trace`, `debug`, `info`,
+/// `warn`, `error`, `fatal`): the lowest number of that level.
+fn severity(v: &str) -> Result<i32, ApiError> {
+    if let Ok(n) = v.parse::<i32>() {
+        if (1..=24).contains(&n) {
+            return Ok(n);
+        }
+    }
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "trace" => 1,
+        "debug" => 5,
+        "info" => 9,
+        "warn" | "warning" => 13,
+        "error" => 17,
+        "fatal" => 21,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "parameter severity={v:?}: expected trace, debug, info, warn, error, fatal or a severity number 1-24"
+            )));
+        }
+    })
+}
+
+/// Log search: `service`, `node`, `severity` (this level and above), `trace_id`, `span_id`,
+/// `correlation_id`, `q` (text in the body), `start`, `end` (Unix ns), `limit`.
+pub fn log_search(p: &Params) -> Result<skein_core::query::LogQuery, ApiError> {
+    p.only(&["service", "node", "severity", "trace_id", "span_id", "correlation_id", "q", "start", "end", "limit"])?;
+    let start_ns = p.int_in("start", "Unix ns")?;
+    let end_ns = p.int_in("end", "Unix ns")?;
+    if let (Some(s), Some(e)) = (start_ns, end_ns)
+        && e < s
+    {
+        return Err(ApiError::bad_request("parameter end must not be before start"));
+    }
+    Ok(skein_core::query::LogQuery {
+        service: p.get("service").map(str::to_string),
+        node: p.get("node").map(str::to_string),
+        min_severity: p.get("severity").map(severity).transpose()?,
+        trace_id: p
+            .get("trace_id")
+            .map(|s| skein_core::TraceId::from_hex(s).map_err(|e| ApiError::bad_request(format!("invalid trace_id {s:?}: {e}"))))
+            .transpose()?,
+        span_id: p
+            .get("span_id")
+            .map(|s| skein_core::SpanId::from_hex(s).map_err(|e| ApiError::bad_request(format!("invalid span_id {s:?}: {e}"))))
+            .transpose()?,
+        correlation_id: p.get("correlation_id").map(str::to_string),
+        text: p.get("q").map(str::to_string),
+        start_ns,
+        end_ns,
+        limit: p.limit(LOGS_DEFAULT_LIMIT)?,
+        oldest_first: false,
+    })
+}
+
+/// Default window of a metric query: the last hour.
+pub const METRICS_DEFAULT_WINDOW_NS: i64 = 3600 * 1_000_000_000;
+
+/// Metric series: `name` (required), `node`, `start`, `end` (Unix ns; default the last hour),
+/// `step` (a Go duration or ns; default the window / 120, at least 1 s), `agg`
+/// (`avg`, `max`, `min`, `sum`, `rate`; default `avg`).
+pub fn metric_query(p: &Params, now_ns: i64) -> Result<skein_core::query::MetricQuery, ApiError> {
+    p.only(&["name", "node", "start", "end", "step", "agg"])?;
+    let name = p.get("name").ok_or_else(|| ApiError::bad_request("parameter 'name' is required (the metric name)"))?;
+    let end_ns = p.int_in("end", "Unix ns")?.unwrap_or(now_ns);
+    let start_ns = p.int_in("start", "Unix ns")?.unwrap_or(end_ns.saturating_sub(METRICS_DEFAULT_WINDOW_NS));
+    if end_ns < start_ns {
+        return Err(ApiError::bad_request("parameter end must not be before start"));
+    }
+    let step_ns = match p.get("step") {
+        Some(v) => native_duration("step", v)?,
+        None => ((end_ns - start_ns) / 120).max(1_000_000_000),
+    };
+    if step_ns <= 0 {
+        return Err(ApiError::bad_request(format!("parameter step={:?} must be positive", p.get("step").unwrap_or_default())));
+    }
+    let agg = match p.get("agg") {
+        None => skein_core::query::MetricAgg::Avg,
+        Some(v) => skein_core::query::MetricAgg::from_name(v)
+            .ok_or_else(|| ApiError::bad_request(format!("parameter agg={v:?}: expected avg, max, min, sum or rate")))?,
+    };
+    Ok(skein_core::query::MetricQuery { name: name.to_string(), node: p.get("node").map(str::to_string), start_ns, end_ns, step_ns, agg })
 }
 
 /// Span kind by lowercase name, or a 400 naming the parameter.

@@ -66,6 +66,15 @@ impl QueryService for FakeQuery {
     fn jaeger_search(&self, _: &SearchParams) -> Result<Vec<Value>, ApiError> {
         Ok(vec![])
     }
+    fn logs(&self, q: &skein_core::query::LogQuery) -> Result<Vec<Value>, ApiError> {
+        Ok(vec![serde_json::json!(format!("{q:?}"))])
+    }
+    fn metrics(&self, q: &skein_core::query::MetricQuery) -> Result<Value, ApiError> {
+        Ok(serde_json::json!({"query": format!("{q:?}")}))
+    }
+    fn nodes(&self) -> Result<Vec<Value>, ApiError> {
+        Ok(vec![serde_json::json!({"node": "web-1"})])
+    }
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
         Ok(vec![skein_core::query::Dependency {
             parent: "web".into(),
@@ -271,4 +280,41 @@ async fn logs_and_metrics_have_their_own_paths_and_partial_success_fields() {
     let (s, h, _) = send(otlp(), req).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(h["retry-after"], "3");
+}
+
+async fn get_json(uri: &str) -> (StatusCode, Value) {
+    let (s, _, b) = send(query(), Request::get(uri).body(Body::empty()).unwrap()).await;
+    (s, serde_json::from_slice(&b).unwrap())
+}
+
+#[tokio::test]
+async fn log_metric_and_node_routes_parse_their_parameters() {
+    let (s, v) = get_json("/api/v1/logs?service=api&severity=warn&q=timeout&trace_id=0102030405060708090a0b0c0d0e0f10&limit=5").await;
+    assert_eq!(s, StatusCode::OK);
+    let q = v["logs"][0].as_str().unwrap();
+    assert!(q.contains("min_severity: Some(13)") && q.contains("text: Some(\"timeout\")") && q.contains("limit: 5"), "{q}");
+    let (s, v) = get_json("/api/v1/logs?severity=loud").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("severity=\"loud\""), "{v}");
+    let (s, v) = get_json("/api/v1/logs?sevrity=warn").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("unknown parameter \"sevrity\""), "{v}");
+    let (s, v) = get_json("/api/v1/traces/0102030405060708090a0b0c0d0e0f10/logs?span_id=0102030405060708").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["trace_id"], "0102030405060708090a0b0c0d0e0f10");
+    assert!(v["logs"][0].as_str().unwrap().contains("oldest_first: true"), "{v}");
+    let (s, _) = get_json("/api/v1/traces/xyz/logs").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = get_json("/api/v1/metrics?name=cpu&start=0&end=60000000000&step=10s&agg=rate").await;
+    assert_eq!(s, StatusCode::OK);
+    let q = v["query"].as_str().unwrap();
+    assert!(q.contains("step_ns: 10000000000") && q.contains("agg: Rate"), "{q}");
+    let (s, v) = get_json("/api/v1/metrics?step=10s").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("'name' is required"), "{v}");
+    let (s, _) = get_json("/api/v1/metrics?name=cpu&agg=median").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = get_json("/api/v1/nodes").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["nodes"][0]["node"], "web-1");
 }

@@ -6,7 +6,7 @@
 
 use crate::support::{jaeger_span_ids, jaeger_tag, jaeger_trace, parent, root_id, spans_by_id, string_set};
 use serde_json::{Value, json};
-use skein_tests::{Collector, workspace_root};
+use skein_tests::{Collector, metric_sum, workspace_root};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,12 +40,14 @@ fn node_chain(python: &std::path::Path, chain: &Value) -> tokio::process::Comman
     cmd
 }
 
-/// What one node reported about its spans.
+/// What one node reported about its spans, logs and metrics.
 struct NodeReport {
     service: String,
     host: String,
     trace_id: String,
     spans: Vec<(String, Option<String>, String)>, // (span id, parent id, name)
+    request_id: String,
+    logs: Vec<(String, String, String)>, // (trace id, span id, body)
 }
 
 fn parse_reports(stdout: &str) -> Vec<NodeReport> {
@@ -64,6 +66,13 @@ fn parse_reports(stdout: &str) -> Vec<NodeReport> {
                     .into_iter()
                     .flatten()
                     .map(|sp| (s(&sp["span_id"]).unwrap_or_default(), s(&sp["parent_span_id"]), s(&sp["name"]).unwrap_or_default()))
+                    .collect(),
+                request_id: s(&v["request_id"]).unwrap_or_default(),
+                logs: v["logs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| (s(&l["trace_id"]).unwrap_or_default(), s(&l["span_id"]).unwrap_or_default(), s(&l["body"]).unwrap_or_default()))
                     .collect(),
             }
         })
@@ -191,24 +200,61 @@ async fn python_sdk_three_processes_one_trace() {
 /// The same SDK processes, but each exporting to its node's agent (two agents with different
 /// identities, one gRPC and one HTTP), the agents pushing to one collector: the trace arrives
 /// whole, and every span carries its agent's identity next to what the app set.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_sdk_through_two_agents() {
-    let python = venv_python();
-    let c = Collector::start().await.expect("collector starts");
-    let upstream = [format!("http://{}", c.listen().otlp_grpc)];
-    let a = skein_tests::Agent::start(&upstream, &[("node.k8s_pod_name", "pod-a"), ("node.k8s_node_name", "worker-1")]).await.unwrap();
-    let b = skein_tests::Agent::start(&upstream, &[("node.k8s_pod_name", "pod-b"), ("node.k8s_node_name", "worker-2")]).await.unwrap();
+/// One run of a two-node chain (with logs and metrics) through agents `a` and `b`: the
+/// reports of both nodes, checked for success.
+async fn run_chain_through(python: &std::path::Path, a: &skein_tests::Agent, b: &skein_tests::Agent, round: usize) -> Vec<NodeReport> {
     let chain = json!([
         {"service": "py-frontend", "host": "py-node-a", "protocol": "grpc",
-         "endpoint": a.otlp_grpc_url().trim_start_matches("http://"), "operation": "GET /cart"},
-        {"service": "py-api", "host": "py-node-b", "protocol": "http", "endpoint": b.otlp_http_url().trim_start_matches("http://")},
+         "endpoint": a.otlp_grpc_url().trim_start_matches("http://"), "operation": format!("GET /cart/{round}"), "signals": true},
+        {"service": "py-api", "host": "py-node-b", "protocol": "http",
+         "endpoint": b.otlp_http_url().trim_start_matches("http://"), "signals": true},
     ]);
-    let mut cmd = node_chain(&python, &chain);
+    let mut cmd = node_chain(python, &chain);
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.output()).await.expect("the Python nodes finished").expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the Python nodes failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let reports = parse_reports(&stdout);
     assert_eq!(reports.len(), 2, "{stdout}");
+    reports
+}
+
+/// Log lines the reports say were emitted: (trace id, span id, body, host).
+fn reported_logs(reports: &[NodeReport]) -> BTreeSet<(String, String, String, String)> {
+    reports.iter().flat_map(|r| r.logs.iter().map(move |(t, s, b)| (t.clone(), s.clone(), b.clone(), r.host.clone()))).collect()
+}
+
+/// The logs of trace `tid` at the collector as (trace id, span id, body, node), and how many
+/// records the API returned (to see duplicates).
+async fn logs_of(c: &Collector, tid: &str) -> (BTreeSet<(String, String, String, String)>, usize) {
+    match c.get_json(&format!("/api/v1/traces/{tid}/logs")).await {
+        Ok((200, v)) => {
+            let logs = v["logs"].as_array().cloned().unwrap_or_default();
+            let s = |l: &Value, k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (logs.iter().map(|l| (s(l, "trace_id"), s(l, "span_id"), s(l, "body"), s(l, "node"))).collect(), logs.len())
+        }
+        _ => (BTreeSet::new(), 0),
+    }
+}
+
+/// The Python SDK sends spans, logs and metrics to two agents with different node identities,
+/// which push to one collector. The collector is then killed for 60 seconds while the apps
+/// keep sending; after it restarts, every record the agents acked arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_through_two_agents_and_a_collector_outage() {
+    let python = venv_python();
+    let port = skein_tests::free_port().unwrap();
+    let mut c = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.expect("collector starts");
+    let upstream = [format!("http://127.0.0.1:{port}")];
+    let fast = [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "1s")];
+    let sets = |pod: &'static str, node: &'static str| {
+        let mut v = vec![("node.k8s_pod_name", pod), ("node.k8s_node_name", node)];
+        v.extend(fast);
+        v
+    };
+    let a = skein_tests::Agent::start(&upstream, &sets("pod-a", "worker-1")).await.unwrap();
+    let b = skein_tests::Agent::start(&upstream, &sets("pod-b", "worker-2")).await.unwrap();
+
+    let reports = run_chain_through(&python, &a, &b, 0).await;
     let tid = reports[0].trace_id.clone();
     let expected: BTreeMap<String, String> =
         reports.iter().flat_map(|r| r.spans.iter().map(move |(id, _, _)| (id.clone(), r.host.clone()))).collect();
@@ -227,6 +273,7 @@ async fn python_sdk_through_two_agents() {
     let spans = spans_by_id(&trace);
     assert_eq!(spans.keys().cloned().collect::<BTreeSet<_>>(), expected.keys().cloned().collect::<BTreeSet<_>>(), "{trace}");
     assert_eq!(trace["complete"], true, "{trace}");
+    assert_eq!(string_set(&trace["nodes"]), ["py-node-a", "py-node-b"].map(String::from).into(), "{trace}");
     for (id, host) in &expected {
         let r = &spans[id]["resource"];
         let (pod, node) = if host == "py-node-a" { ("pod-a", "worker-1") } else { ("pod-b", "worker-2") };
@@ -235,4 +282,72 @@ async fn python_sdk_through_two_agents() {
         assert_eq!(r["k8s.node.name"], node, "{r}");
         assert!(r["skein.agent.version"].is_string(), "{r}");
     }
+
+    // The logs of the trace, from both nodes, with their trace context and correlation id.
+    let want = reported_logs(&reports);
+    assert_eq!(want.len(), 4, "two log lines per node");
+    let (got, n) = skein_tests::wait_until(Duration::from_secs(30), "the trace's logs", || async {
+        let (got, n) = logs_of(&c, &tid).await;
+        (got == want).then_some((got, n))
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, got.len(), "each log record once");
+    let front = reports.iter().find(|r| r.host == "py-node-a").expect("a report of py-node-a");
+    let (_, v) = c.get_json(&format!("/api/v1/logs?correlation_id={}", front.request_id)).await.unwrap();
+    assert_eq!(v["logs"].as_array().map(Vec::len), Some(2), "the request id became the correlation id: {v}");
+    assert_eq!(v["logs"][0]["resource"]["k8s.pod.name"], "pod-a", "{v}");
+
+    // The counters of both nodes, and both nodes in the node list with their agent.
+    let (_, m) = c.get_json("/api/v1/metrics?name=app.requests&agg=max").await.unwrap();
+    let nodes: BTreeSet<String> = m["series"].as_array().unwrap().iter().map(|s| s["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes, ["py-node-a", "py-node-b"].map(String::from).into(), "{m}");
+    let (_, n) = c.get_json("/api/v1/nodes").await.unwrap();
+    let list = n["nodes"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{n}");
+    for node in list {
+        assert!(node["agent_version"].is_string(), "{node}");
+        assert!(node["records"]["spans"].as_u64().unwrap() >= 2 && node["records"]["logs"] == 2, "{node}");
+        assert!(node["identity"]["k8s.pod.name"].is_string(), "{node}");
+    }
+
+    // The collector is down for 60 s; the apps keep sending and the agents keep acking.
+    c.kill9().unwrap();
+    let down = std::time::Instant::now();
+    let mut rounds = vec![reports];
+    for round in 1..=3 {
+        rounds.push(run_chain_through(&python, &a, &b, round).await);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(down.elapsed())).await;
+    assert!(metric_sum(&a.metrics().await.unwrap(), "skein_agent_queue_records") >= 1.0, "the agent queued during the outage");
+    c.restart().await.unwrap();
+
+    // Every round arrives, each record once.
+    for reports in &rounds {
+        let tid = reports[0].trace_id.clone();
+        let n: usize = reports.iter().map(|r| r.spans.len()).sum();
+        let want = reported_logs(reports);
+        skein_tests::wait_until(Duration::from_secs(60), "a round sent during the outage, at the restarted collector", || async {
+            let spans = match c.get_json(&format!("/api/v1/traces/{tid}")).await {
+                Ok((200, t)) => spans_by_id(&t).len(),
+                _ => 0,
+            };
+            let (got, count) = logs_of(&c, &tid).await;
+            (spans == n && got == want && count == want.len()).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let (_, all) = c.get_json("/api/v1/logs?limit=1000").await.unwrap();
+    assert_eq!(all["logs"].as_array().map(Vec::len), Some(16), "4 rounds of 4 log lines, none twice: {all}");
+    // Each process exports its counter twice (force_flush and shutdown): 4 rounds x 2 nodes x 2.
+    let window = format!("start={}&end={}&step=1h", otlp_now() - 3_600_000_000_000, otlp_now());
+    let (_, m) = c.get_json(&format!("/api/v1/metrics?name=app.requests&agg=sum&{window}")).await.unwrap();
+    let total: f64 = m["series"].as_array().unwrap().iter().flat_map(|s| s["points"].as_array().unwrap().iter()).map(|p| p[1].as_f64().unwrap()).sum();
+    assert_eq!(total, 16.0, "every data point once: {m}");
+}
+
+fn otlp_now() -> i64 {
+    skein_tests::otlp::now_ns() as i64
 }
