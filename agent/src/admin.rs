@@ -63,6 +63,55 @@ impl Admin {
         out
     }
 
+    /// The agent's own gauges as an OTLP metrics export, to push to the collector like any
+    /// app's metrics (the collector's `GET /api/v1/nodes` shows the queue depth from it):
+    /// `skein.agent.queue.bytes`, `skein.agent.queue.records` (over every collector's queue),
+    /// `skein.agent.queue.dropped_records` and `skein.agent.dropped_records` (cumulative).
+    pub fn self_report(&self, now_unix_ns: u64) -> skein_otlp::ExportMetricsServiceRequest {
+        use skein_otlp::proto::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point};
+        let start = now_unix_ns.saturating_sub(self.started.elapsed().as_nanos() as u64);
+        let point = |v: f64, cumulative: bool| NumberDataPoint {
+            time_unix_nano: now_unix_ns,
+            start_time_unix_nano: if cumulative { start } else { 0 },
+            value: Some(number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let gauge = |name: &str, unit: &str, v: f64| Metric {
+            name: name.into(),
+            unit: unit.into(),
+            data: Some(Data::Gauge(Gauge { data_points: vec![point(v, false)] })),
+            ..Default::default()
+        };
+        let counter = |name: &str, v: f64| Metric {
+            name: name.into(),
+            unit: "1".into(),
+            data: Some(Data::Sum(Sum { data_points: vec![point(v, true)], aggregation_temporality: 2, is_monotonic: true })),
+            ..Default::default()
+        };
+        let queues = self.exporters.iter().map(|e| e.queue().stats());
+        let (bytes, records, cap_dropped) =
+            queues.fold((0i64, 0i64, 0u64), |(b, r, d), q| (b + q.disk_bytes.get(), r + q.depth.get(), d + q.dropped_records.get()));
+        let refused: u64 = self.exporters.iter().flat_map(|e| e.stats.dropped_records.iter()).map(|c| c.get()).sum();
+        skein_otlp::ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(skein_otlp::proto::resource::v1::Resource {
+                    attributes: vec![skein_otlp::synth::signals::kv("service.name", "skein-agent")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        gauge("skein.agent.queue.bytes", "By", bytes as f64),
+                        gauge("skein.agent.queue.records", "1", records as f64),
+                        counter("skein.agent.queue.dropped_records", cap_dropped as f64),
+                        counter("skein.agent.dropped_records", refused as f64),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
     fn status(&self) -> Value {
         let node: serde_json::Map<String, Value> = self.identity.attributes().iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
         let collectors: Vec<Value> = self

@@ -84,11 +84,14 @@ impl Default for OtlpConfig {
 pub struct AdminConfig {
     /// Listen address.
     pub addr: String,
+    /// How often the agent pushes its own queue gauges to the collector as OTLP metrics
+    /// (`skein.agent.queue.bytes`, ...); `0s` turns it off.
+    pub report_interval: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:13133".into() }
+        Self { addr: "127.0.0.1:13133".into(), report_interval: Duration::secs(15) }
     }
 }
 

@@ -148,6 +148,22 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let admin = tokio::spawn(async move { admin.await });
     let drain = cfg.shutdown_timeout.0;
     let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();
+    let reporter = (!cfg.admin.report_interval.0.is_zero()).then(|| {
+        let (state, ingest, every, mut stop) = (Arc::clone(&state), Arc::clone(&ingest), cfg.admin.report_interval.0, stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                let req = state.self_report(now);
+                if let Err(e) = skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await {
+                    tracing::warn!(error = %e.message, "queueing the agent's own metrics failed");
+                }
+            }
+        })
+    });
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
@@ -164,6 +180,9 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Stop taking data first, then let the exporters drain.
     let _ = stop_rx_tx.send(true);
     let _ = tokio::join!(grpc, http);
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
     let _ = stop_tx_tx.send(true);
     for t in tasks {
         let _ = t.await;

@@ -245,14 +245,15 @@ async fn python_sdk_through_two_agents_and_a_collector_outage() {
     let port = skein_tests::free_port().unwrap();
     let mut c = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.expect("collector starts");
     let upstream = [format!("http://127.0.0.1:{port}")];
-    let fast = [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "1s")];
-    let sets = |pod: &'static str, node: &'static str| {
-        let mut v = vec![("node.k8s_pod_name", pod), ("node.k8s_node_name", node)];
+    // Each agent reports its own queue gauges every second, under its app's host name.
+    let fast = [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "1s"), ("admin.report_interval", "1s")];
+    let sets = |host: &'static str, pod: &'static str, node: &'static str| {
+        let mut v = vec![("node.host_name", host), ("node.k8s_pod_name", pod), ("node.k8s_node_name", node)];
         v.extend(fast);
         v
     };
-    let a = skein_tests::Agent::start(&upstream, &sets("pod-a", "worker-1")).await.unwrap();
-    let b = skein_tests::Agent::start(&upstream, &sets("pod-b", "worker-2")).await.unwrap();
+    let a = skein_tests::Agent::start(&upstream, &sets("py-node-a", "pod-a", "worker-1")).await.unwrap();
+    let b = skein_tests::Agent::start(&upstream, &sets("py-node-b", "pod-b", "worker-2")).await.unwrap();
 
     let reports = run_chain_through(&python, &a, &b, 0).await;
     let tid = reports[0].trace_id.clone();
@@ -302,11 +303,18 @@ async fn python_sdk_through_two_agents_and_a_collector_outage() {
     let (_, m) = c.get_json("/api/v1/metrics?name=app.requests&agg=max").await.unwrap();
     let nodes: BTreeSet<String> = m["series"].as_array().unwrap().iter().map(|s| s["node"].as_str().unwrap().to_string()).collect();
     assert_eq!(nodes, ["py-node-a", "py-node-b"].map(String::from).into(), "{m}");
-    let (_, n) = c.get_json("/api/v1/nodes").await.unwrap();
+    let n = skein_tests::wait_until(Duration::from_secs(30), "both agents' queue depth in the node list", || async {
+        let (_, n) = c.get_json("/api/v1/nodes").await.ok()?;
+        let list = n["nodes"].as_array()?;
+        list.iter().all(|node| node["agent_queue_bytes"].is_number()).then_some(n.clone())
+    })
+    .await
+    .unwrap();
     let list = n["nodes"].as_array().unwrap();
-    assert_eq!(list.len(), 2, "{n}");
+    assert_eq!(list.iter().map(|n| n["node"].as_str().unwrap()).collect::<Vec<_>>(), ["py-node-a", "py-node-b"], "{n}");
     for node in list {
         assert!(node["agent_version"].is_string(), "{node}");
+        assert!(node["services"].to_string().contains("skein-agent"), "{node}");
         assert!(node["records"]["spans"].as_u64().unwrap() >= 2 && node["records"]["logs"] == 2, "{node}");
         assert!(node["identity"]["k8s.pod.name"].is_string(), "{node}");
     }
