@@ -15,7 +15,7 @@
 use crate::block::{Block, ObjectReader, write};
 use crate::error::{Error, Result};
 use crate::manifest::{BlockMeta, Manifest, PendingDelete, table_dir};
-use crate::signal_head::merge_nodes;
+use crate::signal_head::{Table, merge_nodes};
 use crate::objstore::Objects;
 use crate::store::Store;
 use arrow::array::RecordBatch;
@@ -196,8 +196,9 @@ impl Store {
             let t = Instant::now();
             let batches = frozen.head.snapshot();
             let meta = self.write_block(batches, 0, frozen.head.operations_map()).await?;
-            let logs = self.write_table_block("logs", frozen.head.logs.snapshot(), skein_columnar::logs::schema(), &["trace_id"]).await?;
-            let points = self.write_table_block("metrics", frozen.head.metrics.snapshot(), skein_columnar::metrics::schema(), &[]).await?;
+            let logs = self.write_table_block("logs", frozen.head.logs.snapshot(), skein_columnar::logs::schema(), &["trace_id"], 0).await?;
+            let points =
+                self.write_table_block("metrics", frozen.head.metrics.snapshot(), skein_columnar::metrics::schema(), &[], 0).await?;
             failpoint("flush-after-block");
             let mut m = self.manifest.lock().await;
             let mut next = m.clone();
@@ -306,6 +307,7 @@ impl Store {
         batches: Vec<Arc<RecordBatch>>,
         schema: arrow::datatypes::SchemaRef,
         bloom: &'static [&'static str],
+        level: u32,
     ) -> Result<Option<BlockMeta>> {
         if batches.is_empty() {
             return Ok(None);
@@ -318,7 +320,7 @@ impl Store {
         .await
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(|source| Error::Parquet { path: format!("(new {table} block)"), source })?;
-        self.put_block(table, enc, 0, BTreeMap::new()).await
+        self.put_block(table, enc, level, BTreeMap::new()).await
     }
 
     /// One pass of retention, compaction and deferred deletes.
@@ -328,7 +330,9 @@ impl Store {
     pub async fn compact_and_expire(&self) -> Result<()> {
         self.expire().await?;
         if self.cfg.storage.compaction.enabled {
-            while self.compact_once().await? {}
+            for table in [Table::Spans, Table::Logs, Table::Metrics] {
+                while self.compact_once(table).await? {}
+            }
         }
         self.delete_pending().await
     }
@@ -347,18 +351,24 @@ impl Store {
         if doomed.is_empty() {
             return Ok(());
         }
-        self.replace_blocks(&doomed, None).await?;
+        self.replace_blocks(&doomed, None, Table::Spans).await?;
         self.metrics.expired_blocks.add(doomed.len() as u64);
         tracing::info!(blocks = doomed.len(), "expired blocks past the retention period");
         Ok(())
     }
 
-    /// Merges the oldest run of small blocks into one. Returns whether it merged anything.
-    async fn compact_once(&self) -> Result<bool> {
+    /// Merges the oldest run of small blocks of `table` into one. Returns whether it merged
+    /// anything.
+    async fn compact_once(&self, table: Table) -> Result<bool> {
         let c = &self.cfg.storage.compaction;
         let inputs: Vec<BlockMeta> = {
             let m = self.manifest.lock().await;
-            let mut small: Vec<&BlockMeta> = m.blocks.iter().filter(|b| b.bytes < c.target_block_size.bytes()).collect();
+            let list = match table {
+                Table::Spans => &m.blocks,
+                Table::Logs => &m.logs,
+                Table::Metrics => &m.metrics,
+            };
+            let mut small: Vec<&BlockMeta> = list.iter().filter(|b| b.bytes < c.target_block_size.bytes()).collect();
             small.sort_by_key(|b| (b.min_start_ns, b.created_unix_ms));
             let (mut bytes, mut rows) = (0u64, 0u64);
             let mut run = Vec::new();
@@ -384,7 +394,7 @@ impl Store {
             let stream = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(perr)?.build().map_err(perr)?;
             let read: Vec<RecordBatch> = stream.try_collect().await.map_err(perr)?;
             for r in read {
-                batches.push(Arc::new(with_end_time(&r)?));
+                batches.push(Arc::new(if table == Table::Spans { with_end_time(&r)? } else { r }));
             }
             for (s, ops) in &b.operations {
                 operations.entry(s.clone()).or_default().extend(ops.iter().cloned());
@@ -392,22 +402,27 @@ impl Store {
         }
         let level = inputs.iter().map(|b| b.level).max().unwrap_or(0) + 1;
         let operations = operations.into_iter().map(|(s, o)| (s, o.into_iter().collect())).collect();
-        let out = self.write_block(batches, level, operations).await?;
+        let out = match table {
+            Table::Spans => self.write_block(batches, level, operations).await?,
+            Table::Logs => self.write_table_block("logs", batches, skein_columnar::logs::schema(), &["trace_id"], level).await?,
+            Table::Metrics => self.write_table_block("metrics", batches, skein_columnar::metrics::schema(), &[], level).await?,
+        };
         failpoint("compact-after-block");
         let ids: HashSet<String> = inputs.iter().map(|b| b.id.clone()).collect();
         let rows_in: u64 = inputs.iter().map(|b| b.rows).sum();
         let rows_out = out.as_ref().map_or(0, |b| b.rows);
-        self.replace_blocks(&ids, out).await?;
+        self.replace_blocks(&ids, out, table).await?;
         failpoint("compact-after-manifest");
         self.metrics.compactions.inc();
         self.metrics.compacted_blocks.add(ids.len() as u64);
-        tracing::info!(blocks = ids.len(), rows_in, rows_out, level, elapsed_ms = t.elapsed().as_millis() as u64, "compacted blocks");
+        tracing::info!(table = ?table, blocks = ids.len(), rows_in, rows_out, level, elapsed_ms = t.elapsed().as_millis() as u64, "compacted blocks");
         Ok(true)
     }
 
     /// Removes the blocks `ids` from the manifest and the query state (their files are
-    /// deleted after `delete_delay`) and adds `added`, in one manifest write.
-    async fn replace_blocks(&self, ids: &HashSet<String>, added: Option<BlockMeta>) -> Result<()> {
+    /// deleted after `delete_delay`) and adds `added` to the blocks of `table`, in one manifest
+    /// write.
+    async fn replace_blocks(&self, ids: &HashSet<String>, added: Option<BlockMeta>, table: Table) -> Result<()> {
         let delay: Duration = self.cfg.storage.compaction.delete_delay.into();
         let mut m = self.manifest.lock().await;
         let mut next = m.clone();
@@ -418,19 +433,23 @@ impl Store {
             next.pending_deletes.extend(gone.iter().map(|b| PendingDelete { path: b.path.clone(), delete_after_unix_ms: after }));
         }
         let added = added.map(|meta| {
-            next.blocks.push(meta.clone());
+            match table {
+                Table::Spans => next.blocks.push(meta.clone()),
+                Table::Logs => next.logs.push(meta.clone()),
+                Table::Metrics => next.metrics.push(meta.clone()),
+            }
             Arc::new(Block::new(meta))
         });
         next.store(&self.objects, &self.tenant).await?;
         *m = next;
         let mut st = self.state.write();
-        let mut blocks: Vec<Arc<Block>> = st.blocks.iter().filter(|b| !ids.contains(&b.meta.id)).cloned().collect();
-        blocks.extend(added);
-        st.blocks = Arc::new(blocks);
         let st = &mut *st;
-        for list in [&mut st.logs, &mut st.metrics] {
-            if list.iter().any(|b| ids.contains(&b.meta.id)) {
-                *list = Arc::new(list.iter().filter(|b| !ids.contains(&b.meta.id)).cloned().collect());
+        for (t, list) in [(Table::Spans, &mut st.blocks), (Table::Logs, &mut st.logs), (Table::Metrics, &mut st.metrics)] {
+            let add = if t == table { added.clone() } else { None };
+            if add.is_some() || list.iter().any(|b| ids.contains(&b.meta.id)) {
+                let mut blocks: Vec<Arc<Block>> = list.iter().filter(|b| !ids.contains(&b.meta.id)).cloned().collect();
+                blocks.extend(add);
+                *list = Arc::new(blocks);
             }
         }
         Ok(())

@@ -90,3 +90,31 @@ async fn invalid_logs_are_refused_with_the_reason() {
     assert_eq!(e.code(), skein_core::ErrorCode::BadRequest);
     assert_eq!(count(&s.snapshot().logs), 0);
 }
+
+#[tokio::test]
+async fn log_and_metric_blocks_are_compacted_and_retries_across_flushes_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path()).await;
+    let t0 = now() - 1_000_000;
+    let first = logs_request("web-1", "frontend", &lines(t0, 3));
+    s.ingest_logs(first.clone()).await.unwrap();
+    s.ingest_metrics(metrics_request("web-1", "m", false, &[(t0, 1.0)], &[])).await.unwrap();
+    s.flush_now().await.unwrap();
+    // the retry crossed the flush: the head takes it again
+    s.ingest_logs(first).await.unwrap();
+    s.ingest_metrics(metrics_request("web-1", "m", false, &[(t0 + 5, 2.0)], &[])).await.unwrap();
+    s.flush_now().await.unwrap();
+    let snap = s.snapshot();
+    assert_eq!((snap.logs.blocks.len(), count(&snap.logs)), (2, 6));
+    s.compact_and_expire().await.unwrap();
+    let snap = s.snapshot();
+    assert_eq!((snap.logs.blocks.len(), count(&snap.logs)), (1, 3), "the merged block holds each record once");
+    assert_eq!((snap.metrics.blocks.len(), count(&snap.metrics)), (1, 2));
+    assert_eq!(snap.logs.blocks[0].meta.level, 1);
+    // and the manifest agrees after a restart
+    s.close();
+    drop(s);
+    let s = open(dir.path()).await;
+    let snap = s.snapshot();
+    assert_eq!((snap.logs.blocks.len(), count(&snap.logs), count(&snap.metrics)), (1, 3, 2));
+}
