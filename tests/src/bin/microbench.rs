@@ -3,6 +3,8 @@
 //!
 //! - decode: prost-decoding OTLP requests (baseline) vs decode + validate + Arrow build, and vs
 //!   `build_from_protobuf` (validation and Arrow build in one pass over the protobuf bytes);
+//! - logs and metrics: prost-decoding the requests (baseline) vs decode + validate + Arrow
+//!   build of the `logs` and `metrics` tables;
 //! - WAL append: raw `write` of the same bytes to a file (baseline) vs `Wal::append`, with and
 //!   without fsync, from concurrent tasks (group commit);
 //! - trace lookup with `--head-spans` spans in the head: prost-decoding the trace's own spans
@@ -39,6 +41,90 @@ fn spans_in(r: &ExportTraceServiceRequest) -> usize {
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort_unstable();
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+/// Log and metric requests like an app's (a service on one node; log lines with trace context
+/// and 4 attributes; 20 gauges of 8 series each), decoded with prost alone and with validation and
+/// the Arrow build, on the same bytes.
+fn signals_bench(now: u64) -> anyhow::Result<()> {
+    use skein_otlp::synth::signals::{Line, kv, logs_request, metrics_request};
+    use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest};
+    let logs: Vec<Vec<u8>> = (0..400u64)
+        .map(|r| {
+            let lines: Vec<Line> = (0..200u64)
+                .map(|i| Line {
+                    time: now + r * 1000 + i,
+                    severity: if i % 10 == 0 { 17 } else { 9 },
+                    body: format!("GET /api/cart/{i} 200 in {} ms user=u{} items={}", i % 97, r * 7 + i, i % 5),
+                    trace_id: (r * 1000 + i).to_be_bytes().repeat(2),
+                    span_id: (i + 1).to_be_bytes().to_vec(),
+                    attributes: vec![
+                        kv("request_id", &format!("req-{r}-{i}")),
+                        kv("http.route", "/api/cart/{id}"),
+                        kv("code.function.name", "handle"),
+                        kv("logger", "cart.http"),
+                    ],
+                })
+                .collect();
+            logs_request("api-1", "cart-api", &lines).encode_to_vec()
+        })
+        .collect();
+    let metrics: Vec<Vec<u8>> = (0..400u64)
+        .map(|r| {
+            let reqs: Vec<Vec<u8>> = (0..20)
+                .flat_map(|m| {
+                    (0..8).map(move |series| {
+                        let attrs = [kv("route", &format!("/r{series}")), kv("method", "GET")];
+                        metrics_request("api-1", &format!("app.metric.{m}"), m % 2 == 0, &[(now + r, (r * series) as f64)], &attrs).encode_to_vec()
+                    })
+                })
+                .collect();
+            reqs.concat()
+        })
+        .collect();
+    let limits = skein_otlp::Limits::default();
+    let time = |f: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>, bodies: &[Vec<u8>]| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        for b in bodies {
+            f(b)?;
+        }
+        Ok(t.elapsed())
+    };
+    let n_logs = 400.0 * 200.0;
+    let decode = time(&mut |b| Ok(std::mem::drop(std::hint::black_box(ExportLogsServiceRequest::decode(b)?))), &logs)?;
+    let build = time(
+        &mut |b| {
+            let mut r = ExportLogsServiceRequest::decode(b)?;
+            skein_otlp::validate_logs(&mut r, &limits);
+            std::hint::black_box(skein_columnar::logs::build(&r)?);
+            Ok(())
+        },
+        &logs,
+    )?;
+    println!("logs decode only:            {:>12.0} records/s", n_logs / decode.as_secs_f64());
+    println!(
+        "logs decode+validate+build:  {:>12.0} records/s  ({:.2}x of decode-only)",
+        n_logs / build.as_secs_f64(),
+        decode.as_secs_f64() / build.as_secs_f64()
+    );
+    let n_points = 400.0 * 160.0;
+    let decode = time(&mut |b| Ok(std::mem::drop(std::hint::black_box(ExportMetricsServiceRequest::decode(b)?))), &metrics)?;
+    let build = time(
+        &mut |b| {
+            let mut r = ExportMetricsServiceRequest::decode(b)?;
+            skein_otlp::validate_metrics(&mut r, &limits);
+            std::hint::black_box(skein_columnar::metrics::build(&r)?);
+            Ok(())
+        },
+        &metrics,
+    )?;
+    println!("metrics decode only:         {:>12.0} points/s", n_points / decode.as_secs_f64());
+    println!(
+        "metrics decode+validate+build:{:>11.0} points/s  ({:.2}x of decode-only)",
+        n_points / build.as_secs_f64(),
+        decode.as_secs_f64() / build.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +180,9 @@ fn main() -> anyhow::Result<()> {
         rate(wire),
         decode.as_secs_f64() / wire.as_secs_f64()
     );
+
+    // 1b. logs and metrics: prost decode (baseline) vs decode + validate + Arrow build
+    signals_bench(now)?;
 
     // 2. WAL append vs raw file writes
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
