@@ -19,6 +19,7 @@
 //! splits each export over them with [`Ring`] at ingest, so a collector that is down only
 //! holds back its own share.
 
+pub mod call;
 mod ring;
 
 pub use ring::Ring;
@@ -35,8 +36,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::{Channel, Endpoint};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Endpoint;
 
 /// How the exporter batches, pushes and retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,12 +270,13 @@ impl Exporter {
                 return;
             }
         };
-        let mut grpc = tonic::client::Grpc::new(channel);
-        match self.cfg.compression {
-            Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
-            Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
-            Compression::None => {}
-        }
+        let mut grpc = match call::Caller::new(channel, self.cfg.compression) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(endpoint = %self.endpoint, error = %e, "cannot create the compression context; nothing will be exported to it");
+                return;
+            }
+        };
         let mut pos = self.queue.cursor();
         let mut drain_deadline: Option<Instant> = None;
         let mut attempt = 0u32;
@@ -385,7 +387,7 @@ impl Exporter {
     /// position of the first record not delivered when a retryable failure stopped it.
     async fn push(
         &self,
-        grpc: &mut tonic::client::Grpc<Channel>,
+        grpc: &mut call::Caller,
         batch: &[Entry],
     ) -> Result<QueuePos, (QueuePos, Option<std::time::Duration>)> {
         let max = self.cfg.batch_max_bytes.bytes() as usize;
@@ -412,16 +414,14 @@ impl Exporter {
                 j += 1;
             }
             let t = Instant::now();
-            let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
-            let outcome = match grpc.ready().await {
-                Err(e) => Outcome::Retry { after: None, reason: format!("connecting: {e}") },
-                Ok(()) => match grpc.unary(tonic::Request::new(body.freeze()), path, RawCodec).await {
-                    Ok(resp) => {
-                        let p = resp.into_inner().partial_success.unwrap_or_default();
-                        Outcome::Ok { rejected: p.rejected_spans, message: p.error_message }
-                    }
-                    Err(status) => classify(&status),
-                },
+            let outcome = match tokio::time::timeout(self.cfg.timeout.0, grpc.unary(signal.grpc_path(), &body)).await {
+                Err(_) => Outcome::Retry { after: None, reason: format!("no answer within {:?} (exporter.timeout)", self.cfg.timeout.0) },
+                Ok(Err(call::CallError::Transport(why))) => Outcome::Retry { after: None, reason: why },
+                Ok(Err(call::CallError::Status(status))) => classify(&status),
+                Ok(Ok(resp)) => {
+                    let p = resp.partial_success.unwrap_or_default();
+                    Outcome::Ok { rejected: p.rejected_spans, message: p.error_message }
+                }
             };
             let n = (j - i) as u64;
             let si = signal_index(signal);

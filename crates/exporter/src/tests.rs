@@ -229,3 +229,30 @@ async fn requests_stay_under_the_batch_size() {
     tx.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_reaches_a_grpc_server() {
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let script = Arc::new(Script::default());
+        let endpoint = serve(script.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+        queue.append(&spans(7)).unwrap();
+        let exp = Arc::new(Exporter::new(endpoint, ExporterConfig { compression, ..cfg() }, queue.clone()));
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+        until("the queue to drain", || queue.stats().depth.get() == 0).await;
+        assert_eq!(*script.got.lock(), vec![(Signal::Traces, 7)], "{compression:?}");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
+
+#[test]
+fn an_http_error_without_grpc_status_maps_as_grpc_says() {
+    // 502-504 and 429 are retried; anything else from a non-gRPC hop is permanent.
+    for (http, retry) in [(503u16, true), (429, true), (502, true), (404, false), (400, false), (500, false)] {
+        let st = call::http_status(http::StatusCode::from_u16(http).unwrap());
+        assert_eq!(matches!(classify(&st), Outcome::Retry { .. }), retry, "{http}: {st:?}");
+    }
+}
