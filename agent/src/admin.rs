@@ -68,7 +68,9 @@ impl Admin {
     /// `skein.agent.queue.bytes`, `skein.agent.queue.records` (over every collector's queue),
     /// `skein.agent.queue.dropped_records` and `skein.agent.dropped_records` (cumulative).
     pub fn self_report(&self, now_unix_ns: u64) -> skein_otlp::ExportMetricsServiceRequest {
-        use skein_otlp::proto::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point};
+        use skein_otlp::proto::metrics::v1::{
+            Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+        };
         let start = now_unix_ns.saturating_sub(self.started.elapsed().as_nanos() as u64);
         let point = |v: f64, cumulative: bool| NumberDataPoint {
             time_unix_nano: now_unix_ns,

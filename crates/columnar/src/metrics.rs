@@ -20,8 +20,8 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use prost::Message;
 use skein_otlp::ExportMetricsServiceRequest;
-use skein_otlp::proto::metrics::v1::metric::Data;
 use skein_otlp::proto::metrics::v1::exponential_histogram_data_point::Buckets;
+use skein_otlp::proto::metrics::v1::metric::Data;
 use skein_otlp::proto::metrics::v1::number_data_point;
 use std::sync::{Arc, OnceLock};
 
@@ -351,7 +351,13 @@ pub fn build(req: &ExportMetricsServiceRequest) -> Result<RecordBatch, ArrowErro
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::GAUGE, 0, None, &p.attributes, fp);
                             let value = number(p.value.as_ref());
-                            c.push(Point { time: p.time_unix_nano, start: p.start_time_unix_nano, value, flags: p.flags, ..Point::default() });
+                            c.push(Point {
+                                time: p.time_unix_nano,
+                                start: p.start_time_unix_nano,
+                                value,
+                                flags: p.flags,
+                                ..Point::default()
+                            });
                         }
                     }
                     Some(Data::Sum(s)) => {
@@ -359,7 +365,13 @@ pub fn build(req: &ExportMetricsServiceRequest) -> Result<RecordBatch, ArrowErro
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::SUM, s.aggregation_temporality, Some(s.is_monotonic), &p.attributes, fp);
                             let value = number(p.value.as_ref());
-                            c.push(Point { time: p.time_unix_nano, start: p.start_time_unix_nano, value, flags: p.flags, ..Point::default() });
+                            c.push(Point {
+                                time: p.time_unix_nano,
+                                start: p.start_time_unix_nano,
+                                value,
+                                flags: p.flags,
+                                ..Point::default()
+                            });
                         }
                     }
                     Some(Data::Histogram(h)) => {

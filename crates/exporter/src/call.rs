@@ -51,18 +51,32 @@ impl Caller {
     /// The gRPC frame of `msg`: flag, length, (compressed) bytes.
     fn frame(&mut self, msg: &[u8]) -> std::io::Result<Bytes> {
         let len = msg.len();
-        self.frame.clear();
-        self.frame.reserve(len + 5);
-        let flag = u8::from(self.compression != Compression::None);
-        self.frame.put_u8(flag);
-        self.frame.put_u32(0); // the length, set below
+        if self.zstd.is_none() {
+            self.frame.clear();
+            self.frame.reserve(len + 5);
+            self.frame.put_u8(u8::from(self.compression != Compression::None));
+            self.frame.put_u32(0); // the length, set below
+        }
         match (&mut self.zstd, self.compression) {
             (Some(z), _) => {
-                let bound = zstd::zstd_safe::compress_bound(len);
-                let start = self.frame.len();
-                self.frame.resize(start + bound, 0);
-                let n = z.compress_to_buffer(msg, &mut self.frame[start..])?;
-                self.frame.truncate(start + n);
+                // Compressed straight behind the header, into spare capacity (not zeroed first).
+                let mut out: Vec<u8> = Vec::with_capacity(zstd::zstd_safe::compress_bound(len) + 5);
+                out.extend_from_slice(&[1, 0, 0, 0, 0]);
+                let cctx = z.context_mut();
+                let zerr = |code: usize| std::io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
+                cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly).map_err(zerr)?;
+                let mut input = zstd::zstd_safe::InBuffer::around(msg);
+                let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut out, 5);
+                let left = cctx
+                    .compress_stream2(&mut output, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end)
+                    .map_err(zerr)?;
+                drop(output);
+                if left != 0 {
+                    return Err(std::io::Error::other("zstd output exceeded its bound"));
+                }
+                let body_len = u32::try_from(out.len() - 5).map_err(|_| std::io::Error::other("message over 4 GiB"))?;
+                out[1..5].copy_from_slice(&body_len.to_be_bytes());
+                return Ok(Bytes::from(out));
             }
             (None, Compression::Gzip) => {
                 let mut w = flate2::write::GzEncoder::new((&mut self.frame).writer(), flate2::Compression::fast());

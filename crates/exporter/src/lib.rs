@@ -385,11 +385,7 @@ impl Exporter {
     /// for good, its records are sent again one at a time, so only the bad ones are dropped. `Ok(next)` when all
     /// were delivered (or dropped as permanent failures); `Err((next, after))` with the
     /// position of the first record not delivered when a retryable failure stopped it.
-    async fn push(
-        &self,
-        grpc: &mut call::Caller,
-        batch: &[Entry],
-    ) -> Result<QueuePos, (QueuePos, Option<std::time::Duration>)> {
+    async fn push(&self, grpc: &mut call::Caller, batch: &[Entry]) -> Result<QueuePos, (QueuePos, Option<std::time::Duration>)> {
         let max = self.cfg.batch_max_bytes.bytes() as usize;
         let mut i = 0;
         // Records before this index go one per request: a merged run was refused for good, so

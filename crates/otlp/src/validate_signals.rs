@@ -168,11 +168,35 @@ pub fn validate_metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits) 
                     return false;
                 }
                 match m.data.as_mut() {
-                    Some(Data::Gauge(g)) => keep_points!(g.data_points, |p: &crate::proto::metrics::v1::NumberDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano), &mut v, limits, at),
-                    Some(Data::Sum(s)) => keep_points!(s.data_points, |p: &crate::proto::metrics::v1::NumberDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano), &mut v, limits, at),
+                    Some(Data::Gauge(g)) => keep_points!(
+                        g.data_points,
+                        |p: &crate::proto::metrics::v1::NumberDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano),
+                        &mut v,
+                        limits,
+                        at
+                    ),
+                    Some(Data::Sum(s)) => keep_points!(
+                        s.data_points,
+                        |p: &crate::proto::metrics::v1::NumberDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano),
+                        &mut v,
+                        limits,
+                        at
+                    ),
                     Some(Data::Histogram(h)) => keep_points!(h.data_points, check_histogram, &mut v, limits, at),
-                    Some(Data::ExponentialHistogram(h)) => keep_points!(h.data_points, |p: &crate::proto::metrics::v1::ExponentialHistogramDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano), &mut v, limits, at),
-                    Some(Data::Summary(s)) => keep_points!(s.data_points, |p: &crate::proto::metrics::v1::SummaryDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano), &mut v, limits, at),
+                    Some(Data::ExponentialHistogram(h)) => keep_points!(
+                        h.data_points,
+                        |p: &crate::proto::metrics::v1::ExponentialHistogramDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano),
+                        &mut v,
+                        limits,
+                        at
+                    ),
+                    Some(Data::Summary(s)) => keep_points!(
+                        s.data_points,
+                        |p: &crate::proto::metrics::v1::SummaryDataPoint| check_time(p.time_unix_nano, p.start_time_unix_nano),
+                        &mut v,
+                        limits,
+                        at
+                    ),
                     None => {}
                 }
                 points(m) > 0
@@ -232,7 +256,8 @@ mod tests {
     #[test]
     fn metrics_without_name_data_or_time_are_rejected() {
         let point = |t| NumberDataPoint { time_unix_nano: t, value: Some(number_data_point::Value::AsDouble(1.0)), ..Default::default() };
-        let gauge = |name: &str, pts| Metric { name: name.into(), data: Some(Data::Gauge(Gauge { data_points: pts })), ..Default::default() };
+        let gauge =
+            |name: &str, pts| Metric { name: name.into(), data: Some(Data::Gauge(Gauge { data_points: pts })), ..Default::default() };
         let mut req = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 scope_metrics: vec![ScopeMetrics {

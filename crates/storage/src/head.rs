@@ -5,6 +5,7 @@
 //! Duplicate spans (same trace and span id, as retries deliver them) are dropped on insert,
 //! so every reader sees each span once.
 
+use crate::signal_head::{NodeMap, SignalHead, Table, observe_nodes};
 use arrow::array::{BooleanArray, RecordBatch};
 use parking_lot::RwLock;
 use skein_columnar::SpanRecord;
@@ -13,7 +14,6 @@ use skein_core::TraceId;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
-use crate::signal_head::{NodeMap, SignalHead, Table, observe_nodes};
 
 /// Hasher for random 128-bit trace ids: they are already uniformly distributed, so folding
 /// the two halves is as good as SipHash and much cheaper.

@@ -15,8 +15,8 @@
 use crate::block::{Block, ObjectReader, write};
 use crate::error::{Error, Result};
 use crate::manifest::{BlockMeta, Manifest, PendingDelete, table_dir};
-use crate::signal_head::{Table, merge_nodes};
 use crate::objstore::Objects;
+use crate::signal_head::{Table, merge_nodes};
 use crate::store::Store;
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
@@ -163,9 +163,8 @@ impl Store {
             let st = self.state.read();
             (st.active.stats(), st.active.stats().rows + st.active.logs.rows() + st.active.metrics.rows(), st.active.age())
         };
-        let due = rows as u64 >= f.max_rows
-            || stats.bytes as u64 >= f.max_bytes.bytes()
-            || age.is_some_and(|a| a >= Duration::from(f.max_age));
+        let due =
+            rows as u64 >= f.max_rows || stats.bytes as u64 >= f.max_bytes.bytes() || age.is_some_and(|a| a >= Duration::from(f.max_age));
         if due { self.freeze().await } else { Ok(false) }
     }
 
@@ -196,7 +195,8 @@ impl Store {
             let t = Instant::now();
             let batches = frozen.head.snapshot();
             let meta = self.write_block(batches, 0, frozen.head.operations_map()).await?;
-            let logs = self.write_table_block("logs", frozen.head.logs.snapshot(), skein_columnar::logs::schema(), &["trace_id"], 0).await?;
+            let logs =
+                self.write_table_block("logs", frozen.head.logs.snapshot(), skein_columnar::logs::schema(), &["trace_id"], 0).await?;
             let points =
                 self.write_table_block("metrics", frozen.head.metrics.snapshot(), skein_columnar::metrics::schema(), &[], 0).await?;
             failpoint("flush-after-block");

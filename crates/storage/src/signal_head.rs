@@ -108,7 +108,14 @@ pub fn observe_nodes(map: &mut NodeMap, batch: &RecordBatch, table: Table) {
         // The usual batch: one node (an agent's request). No per-row work.
         let (Some(lo), Some(hi)) = (arrow::compute::min(time), arrow::compute::max(time)) else { return };
         let all = |d: &arrow::array::DictionaryArray<Int32Type>| -> BTreeSet<i32> { (0..d.values().len() as i32).collect() };
-        add(map, names.value(0), table, (batch.num_rows() as u64, lo.min(now), hi.min(now), all(service), all(resource)), service, resource);
+        add(
+            map,
+            names.value(0),
+            table,
+            (batch.num_rows() as u64, lo.min(now), hi.min(now), all(service), all(resource)),
+            service,
+            resource,
+        );
         return;
     }
     let mut per: HashMap<i32, Acc> = HashMap::new();

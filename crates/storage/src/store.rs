@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::head::{Head, HeadStats};
 use crate::manifest::Manifest;
 use crate::objstore::Objects;
+use crate::signal_head::{NodeMap, SignalHead, merge_nodes};
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -15,7 +16,6 @@ use prost::Message;
 use skein_columnar::SpanRecord;
 use skein_core::TraceId;
 use skein_core::metrics::{self, Counter, Histogram};
-use crate::signal_head::{NodeMap, SignalHead, merge_nodes};
 use skein_otlp::{
     ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Limits, Validated, validate_logs, validate_metrics,
     validate_traces,

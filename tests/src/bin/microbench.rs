@@ -75,7 +75,8 @@ fn signals_bench(now: u64) -> anyhow::Result<()> {
                 .flat_map(|m| {
                     (0..8).map(move |series| {
                         let attrs = [kv("route", &format!("/r{series}")), kv("method", "GET")];
-                        metrics_request("api-1", &format!("app.metric.{m}"), m % 2 == 0, &[(now + r, (r * series) as f64)], &attrs).encode_to_vec()
+                        metrics_request("api-1", &format!("app.metric.{m}"), m % 2 == 0, &[(now + r, (r * series) as f64)], &attrs)
+                            .encode_to_vec()
                     })
                 })
                 .collect();

@@ -72,7 +72,9 @@ fn parse_reports(stdout: &str) -> Vec<NodeReport> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|l| (s(&l["trace_id"]).unwrap_or_default(), s(&l["span_id"]).unwrap_or_default(), s(&l["body"]).unwrap_or_default()))
+                    .map(|l| {
+                        (s(&l["trace_id"]).unwrap_or_default(), s(&l["span_id"]).unwrap_or_default(), s(&l["body"]).unwrap_or_default())
+                    })
                     .collect(),
             }
         })
@@ -352,7 +354,8 @@ async fn python_sdk_through_two_agents_and_a_collector_outage() {
     // Each process exports its counter twice (force_flush and shutdown): 4 rounds x 2 nodes x 2.
     let window = format!("start={}&end={}&step=1h", otlp_now() - 3_600_000_000_000, otlp_now());
     let (_, m) = c.get_json(&format!("/api/v1/metrics?name=app.requests&agg=sum&{window}")).await.unwrap();
-    let total: f64 = m["series"].as_array().unwrap().iter().flat_map(|s| s["points"].as_array().unwrap().iter()).map(|p| p[1].as_f64().unwrap()).sum();
+    let total: f64 =
+        m["series"].as_array().unwrap().iter().flat_map(|s| s["points"].as_array().unwrap().iter()).map(|p| p[1].as_f64().unwrap()).sum();
     assert_eq!(total, 16.0, "every data point once: {m}");
 }
 

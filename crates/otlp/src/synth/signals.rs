@@ -71,7 +71,13 @@ pub fn logs_request(node: &str, service: &str, lines: &[Line]) -> ExportLogsServ
 
 /// A metrics export of one metric of `node`: a gauge, or a monotonic cumulative sum when
 /// `counter`, with one data point per `(time, value)`, each with `attributes`.
-pub fn metrics_request(node: &str, name: &str, counter: bool, points: &[(u64, f64)], attributes: &[KeyValue]) -> ExportMetricsServiceRequest {
+pub fn metrics_request(
+    node: &str,
+    name: &str,
+    counter: bool,
+    points: &[(u64, f64)],
+    attributes: &[KeyValue],
+) -> ExportMetricsServiceRequest {
     let data_points: Vec<NumberDataPoint> = points
         .iter()
         .map(|&(t, v)| NumberDataPoint {

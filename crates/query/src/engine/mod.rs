@@ -241,7 +241,8 @@ fn read_only_error(query: &str, e: DataFusionError) -> QueryError {
         err.message = format!("{} at the end of the statement (line {line}, column {column})", err.message);
     }
     if err.message.contains("table function") || err.message.contains("table '") && query.contains('\'') {
-        err.message.push_str(" (SQL reads only the tables spans, logs, metrics and their *_raw forms; file and URL tables are not available)");
+        err.message
+            .push_str(" (SQL reads only the tables spans, logs, metrics and their *_raw forms; file and URL tables are not available)");
     }
     err
 }

@@ -116,7 +116,8 @@ impl Engine {
             if inside {
                 (pq.start_ns, pq.end_ns) = (None, None);
             }
-            let snap = Snapshot { head: Vec::new(), blocks: Arc::new(part.to_vec()), logs: Default::default(), metrics: Default::default() };
+            let snap =
+                Snapshot { head: Vec::new(), blocks: Arc::new(part.to_vec()), logs: Default::default(), metrics: Default::default() };
             let batches = self.search_frame(snap, &pq).await?.collect().await.map_err(datafusion_error)?;
             for b in batches {
                 let ids = b.column(0).as_fixed_size_binary();

@@ -34,19 +34,41 @@ async fn engine() -> (tempfile::TempDir, Engine) {
     let store = Store::open(dir.path(), cfg).await.unwrap().0;
     let first = logs_request("web-1", "frontend", &[line(0, 1, 9, "GET /cart started"), line(1, 2, 9, "GET /home started")]);
     store.ingest_logs(first.clone()).await.unwrap();
-    store.ingest_metrics(metrics_request("web-1", "http.requests", true, &[(T0, 10.0), (T0 + 10 * S, 30.0)], &[kv("route", "/cart")])).await.unwrap();
+    store
+        .ingest_metrics(metrics_request("web-1", "http.requests", true, &[(T0, 10.0), (T0 + 10 * S, 30.0)], &[kv("route", "/cart")]))
+        .await
+        .unwrap();
     store.flush_now().await.unwrap();
     // after the flush: the retry of the first request (a duplicate across the flush), and more
     store.ingest_logs(first).await.unwrap();
     store
-        .ingest_logs(logs_request("api-1", "cart-api", &[line(2, 1, 17, "cart query failed: timeout 50% over"), line(3, 0, 13, "slow disk")]))
+        .ingest_logs(logs_request(
+            "api-1",
+            "cart-api",
+            &[line(2, 1, 17, "cart query failed: timeout 50% over"), line(3, 0, 13, "slow disk")],
+        ))
         .await
         .unwrap();
     // the counter resets (a restart) between 20 s and 30 s
-    store.ingest_metrics(metrics_request("web-1", "http.requests", true, &[(T0 + 20 * S, 50.0), (T0 + 30 * S, 5.0)], &[kv("route", "/cart")])).await.unwrap();
-    store.ingest_metrics(metrics_request("api-1", "http.requests", true, &[(T0, 0.0), (T0 + 30 * S, 60.0)], &[kv("route", "/cart")])).await.unwrap();
+    store
+        .ingest_metrics(metrics_request(
+            "web-1",
+            "http.requests",
+            true,
+            &[(T0 + 20 * S, 50.0), (T0 + 30 * S, 5.0)],
+            &[kv("route", "/cart")],
+        ))
+        .await
+        .unwrap();
+    store
+        .ingest_metrics(metrics_request("api-1", "http.requests", true, &[(T0, 0.0), (T0 + 30 * S, 60.0)], &[kv("route", "/cart")]))
+        .await
+        .unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    store.ingest_metrics(metrics_request("api-1", AGENT_QUEUE_METRIC, false, &[(now - 5 * S, 100.0), (now - S, 4096.0)], &[])).await.unwrap();
+    store
+        .ingest_metrics(metrics_request("api-1", AGENT_QUEUE_METRIC, false, &[(now - 5 * S, 100.0), (now - S, 4096.0)], &[]))
+        .await
+        .unwrap();
     let limits = SqlLimits { timeout: Duration::from_secs(30), memory: 256 << 20, max_rows: 1000 };
     (dir, Engine::new(store, limits))
 }

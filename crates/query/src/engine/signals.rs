@@ -110,8 +110,8 @@ impl Engine {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for b in &batches {
-            let view =
-                skein_columnar::logs::LogView::new(b).map_err(|e| QueryError::new(ErrorCode::Internal, format!("reading log rows: {e}")))?;
+            let view = skein_columnar::logs::LogView::new(b)
+                .map_err(|e| QueryError::new(ErrorCode::Internal, format!("reading log rows: {e}")))?;
             let fps = b.column(skein_columnar::logs::col::FINGERPRINT).as_primitive::<UInt64Type>();
             for r in 0..b.num_rows() {
                 if out.len() < q.limit && seen.insert(fps.value(r)) {
@@ -234,7 +234,9 @@ impl Engine {
         let batches = collect(&ctx, "metrics_raw", f, false, super::MAX_SERIES_POINTS).await?;
         let mut queue: BTreeMap<String, (i64, f64)> = BTreeMap::new();
         for b in &batches {
-            let (Some(t), Some(v), Some(n)) = (b.column_by_name("time"), b.column_by_name("value"), b.column_by_name("node")) else { continue };
+            let (Some(t), Some(v), Some(n)) = (b.column_by_name("time"), b.column_by_name("value"), b.column_by_name("node")) else {
+                continue;
+            };
             let (t, v) = (t.as_primitive::<TimestampNanosecondType>(), v.as_primitive::<Float64Type>());
             let n = dict(n)?;
             for r in 0..b.num_rows() {
@@ -324,4 +326,3 @@ impl Series {
             .collect()
     }
 }
-

@@ -141,7 +141,12 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
 ///
 /// # Errors
 /// A batch lacks `time` or `fingerprint`, or Parquet encoding failed.
-pub fn encode_table(batches: &[&RecordBatch], schema: &arrow::datatypes::SchemaRef, cfg: &BlockConfig, bloom: &[&str]) -> Result<Encoded, ParquetError> {
+pub fn encode_table(
+    batches: &[&RecordBatch],
+    schema: &arrow::datatypes::SchemaRef,
+    cfg: &BlockConfig,
+    bloom: &[&str],
+) -> Result<Encoded, ParquetError> {
     let all = arrow::compute::concat_batches(schema, batches.iter().copied())?;
     let times = skein_columnar::logs::times(&all)?;
     let fps = skein_columnar::logs::fingerprints(&all)?;
