@@ -1,12 +1,17 @@
-//! `--demo`: simulated nodes that send traces to this collector's own OTLP/gRPC port.
+//! `--demo`: simulated nodes that send traces, with the logs and metrics their apps would
+//! write, to this collector's own OTLP/gRPC port.
 //!
 //! The traffic comes from [`skein_otlp::synth`]: a frontend tier, an API tier and a database
 //! tier (a PostgreSQL primary and a replica) serving a small shop, with failed and slow requests
 //! mixed in. Each node's spans of a trace go in a request of their own, as the agent on that node
-//! would send them, so the collector really assembles traces across nodes. The traffic goes
+//! would send them, so the collector really assembles traces across nodes. Every SERVER span
+//! also gets an access log line (and every failed span an ERROR line) with its trace context,
+//! and each node reports `http.server.request.count` and `http.server.request.duration`. The traffic goes
 //! through the public gRPC port rather than into the storage directly, so the demo exercises
 //! and shows the same path that real agents use.
 
+use skein_otlp::proto::collector::logs::v1::logs_service_client::LogsServiceClient;
+use skein_otlp::proto::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use skein_otlp::proto::collector::trace::v1::trace_service_client::TraceServiceClient;
 use skein_otlp::synth::{Synth, SynthConfig};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -38,7 +43,11 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let Some(channel) = connect(&endpoint, &mut shutdown).await else {
         return;
     };
+    let mut logs = LogsServiceClient::new(channel.clone());
+    let mut metrics = MetricsServiceClient::new(channel.clone());
     let mut client = TraceServiceClient::new(channel);
+    let started = unix_nanos();
+    let mut totals = std::collections::BTreeMap::new();
     info!(
         endpoint = %target,
         tiers = "frontend (web-1, web-2), api (api-1, api-2), database (db-1 primary, db-2 replica)",
@@ -55,6 +64,22 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
             _ = stopped(&mut shutdown) => break,
         }
         for (node, request) in synth.next_requests(unix_nanos()) {
+            // The lines and counters the apps would write for these spans go first, so a
+            // trace's logs are there when the trace is.
+            let lines = skein_otlp::synth::signals::logs_for_spans(&request);
+            let points = skein_otlp::synth::signals::metrics_for_spans(&request, &mut totals, started, unix_nanos());
+            let side = async {
+                if !lines.resource_logs.is_empty() {
+                    logs.export(lines).await?;
+                }
+                if !points.resource_metrics.is_empty() {
+                    metrics.export(points).await?;
+                }
+                Ok::<(), tonic::Status>(())
+            };
+            if let Err(status) = side.await {
+                debug!(node, code = ?status.code(), message = status.message(), "demo: logs or metrics export failed");
+            }
             match client.export(request).await {
                 Ok(response) => {
                     failures = 0;

@@ -23,6 +23,20 @@ async fn demo_produces_cross_node_traces() {
     .await
     .expect("--demo produces traces");
     assert!(trace["span_count"].as_u64().is_some_and(|n| n >= 2), "{trace}");
+    // The trace's logs: access lines from more than one node, carrying its trace id.
+    let tid = trace["trace_id"].as_str().unwrap().to_string();
+    let (status, logs) = c.get_json(&format!("/api/v1/traces/{tid}/logs")).await.unwrap();
+    assert_eq!(status, 200, "{logs}");
+    let lines = logs["logs"].as_array().unwrap();
+    assert!(lines.iter().all(|l| l["trace_id"] == tid.as_str()), "{logs}");
+    let nodes: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l["node"].as_str()).collect();
+    assert!(nodes.len() >= 2, "logs from the nodes of the trace: {logs}");
+    // Per-node request counters.
+    let (status, m) = c.get_json("/api/v1/metrics?name=http.server.request.count&agg=max").await.unwrap();
+    assert_eq!(status, 200, "{m}");
+    assert!(m["series"].as_array().is_some_and(|s| s.len() >= 3), "{m}");
+    let (_, n) = c.get_json("/api/v1/nodes").await.unwrap();
+    assert!(n["nodes"].as_array().is_some_and(|n| n.len() >= 4), "{n}");
     assert!(trace["services"].as_array().is_some_and(|s| s.len() >= 2), "{trace}");
 
     let services = wait_until(Duration::from_secs(60), "three demo services", || async {

@@ -104,3 +104,116 @@ pub fn metrics_request(
         }],
     }
 }
+
+/// The log lines an app would write for the spans of `req`, with their trace context: an
+/// access line (INFO, or WARN for a 4xx/slow one) for every SERVER span, and an ERROR line
+/// with the status message for every failed span. Each `ResourceSpans` gives one
+/// `ResourceLogs` with the same resource, so the lines land on the spans' node.
+pub fn logs_for_spans(req: &crate::ExportTraceServiceRequest) -> ExportLogsServiceRequest {
+    let mut out = ExportLogsServiceRequest::default();
+    for rs in &req.resource_spans {
+        let mut records = Vec::new();
+        for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            let ms = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6;
+            let status = s.attributes.iter().find(|kv| kv.key == "http.response.status_code").and_then(|kv| match kv.value.as_ref()?.value {
+                Some(Value::IntValue(c)) => Some(c),
+                _ => None,
+            });
+            let record = |severity: i32, text: &str, body: String| LogRecord {
+                time_unix_nano: s.end_time_unix_nano,
+                observed_time_unix_nano: s.end_time_unix_nano,
+                severity_number: severity,
+                severity_text: text.into(),
+                body: Some(AnyValue { value: Some(Value::StringValue(body)) }),
+                trace_id: s.trace_id.clone(),
+                span_id: s.span_id.clone(),
+                flags: 1,
+                attributes: vec![kv("request_id", &format!("req-{}", &skein_core::ids::to_hex(&s.span_id)[..8]))],
+                ..Default::default()
+            };
+            if s.kind == 2 {
+                let (sev, text) = if status.is_some_and(|c| c >= 400) || ms > 1000.0 { (13, "WARN") } else { (9, "INFO") };
+                let code = status.map_or_else(|| "-".to_string(), |c| c.to_string());
+                records.push(record(sev, text, format!("{} {code} in {ms:.1} ms", s.name)));
+            }
+            if let Some(st) = s.status.as_ref().filter(|st| st.code == 2) {
+                let why = if st.message.is_empty() { "failed" } else { st.message.as_str() };
+                records.push(record(17, "ERROR", format!("{}: {why}", s.name)));
+            }
+        }
+        if !records.is_empty() {
+            out.resource_logs.push(ResourceLogs {
+                resource: rs.resource.clone(),
+                scope_logs: vec![ScopeLogs { log_records: records, ..Default::default() }],
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// Metrics an app would report for the spans of `req`: per resource, the cumulative count of
+/// its SERVER spans by operation (`http.server.request.count`, a monotonic sum; `totals` carries
+/// the counts from call to call, keyed by node, service and operation) and the duration of the
+/// latest one (`http.server.request.duration`, a gauge in ms), all at `now`.
+pub fn metrics_for_spans(
+    req: &crate::ExportTraceServiceRequest,
+    totals: &mut std::collections::BTreeMap<(String, String, String), u64>,
+    started: u64,
+    now: u64,
+) -> ExportMetricsServiceRequest {
+    let mut out = ExportMetricsServiceRequest::default();
+    for rs in &req.resource_spans {
+        let attrs = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
+        let get = |k: &str| {
+            attrs.iter().find(|kv| kv.key == k).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let (node, service) = (get("host.name").unwrap_or_default(), get("service.name").unwrap_or_default());
+        let (mut counts, mut durations) = (Vec::new(), Vec::new());
+        for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans).filter(|s| s.kind == 2) {
+            let n = totals.entry((node.clone(), service.clone(), s.name.clone())).or_default();
+            *n += 1;
+            let op = [kv("operation", &s.name)];
+            counts.push(NumberDataPoint {
+                time_unix_nano: now,
+                start_time_unix_nano: started,
+                value: Some(number_data_point::Value::AsInt(*n as i64)),
+                attributes: op.to_vec(),
+                ..Default::default()
+            });
+            let ms = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6;
+            durations.push(NumberDataPoint {
+                time_unix_nano: now,
+                value: Some(number_data_point::Value::AsDouble(ms)),
+                attributes: op.to_vec(),
+                ..Default::default()
+            });
+        }
+        if counts.is_empty() {
+            continue;
+        }
+        let metrics = vec![
+            Metric {
+                name: "http.server.request.count".into(),
+                unit: "{request}".into(),
+                data: Some(Data::Sum(Sum { data_points: counts, aggregation_temporality: 2, is_monotonic: true })),
+                ..Default::default()
+            },
+            Metric {
+                name: "http.server.request.duration".into(),
+                unit: "ms".into(),
+                data: Some(Data::Gauge(Gauge { data_points: durations })),
+                ..Default::default()
+            },
+        ];
+        out.resource_metrics.push(ResourceMetrics {
+            resource: rs.resource.clone(),
+            scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+            ..Default::default()
+        });
+    }
+    out
+}
