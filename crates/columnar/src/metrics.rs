@@ -147,6 +147,10 @@ struct Columns {
     fingerprint: Vec<u64>,
 }
 
+/// Scale, zero count, and (offset, bucket counts) of the positive and negative ranges of an
+/// exponential histogram point.
+type ExpFields<'a> = (i32, u64, (i32, &'a [u64]), (i32, &'a [u64]));
+
 /// The fields one data point sets; the rest are null.
 #[derive(Default)]
 struct Point<'a> {
@@ -158,7 +162,7 @@ struct Point<'a> {
     min: Option<f64>,
     max: Option<f64>,
     buckets: Option<(&'a [u64], &'a [f64])>,
-    exp: Option<(i32, u64, (i32, &'a [u64]), (i32, &'a [u64]))>,
+    exp: Option<ExpFields<'a>>,
     quantiles: Option<Vec<(f64, f64)>>,
     flags: u32,
 }

@@ -66,11 +66,12 @@ impl Caller {
                 let zerr = |code: usize| std::io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)));
                 cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly).map_err(zerr)?;
                 let mut input = zstd::zstd_safe::InBuffer::around(msg);
-                let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut out, 5);
-                let left = cctx
-                    .compress_stream2(&mut output, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end)
-                    .map_err(zerr)?;
-                drop(output);
+                // The output buffer sets `out`'s length to what was written.
+                let left = {
+                    let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut out, 5);
+                    cctx.compress_stream2(&mut output, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end)
+                        .map_err(zerr)?
+                };
                 if left != 0 {
                     return Err(std::io::Error::other("zstd output exceeded its bound"));
                 }

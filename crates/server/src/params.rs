@@ -139,10 +139,10 @@ pub const LOGS_DEFAULT_LIMIT: usize = 100;
 /// A severity given as an OTLP severity number (1–24) or a name (`trace`, `debug`, `info`,
 /// `warn`, `error`, `fatal`): the lowest number of that level.
 fn severity(v: &str) -> Result<i32, ApiError> {
-    if let Ok(n) = v.parse::<i32>() {
-        if (1..=24).contains(&n) {
-            return Ok(n);
-        }
+    if let Ok(n) = v.parse::<i32>()
+        && (1..=24).contains(&n)
+    {
+        return Ok(n);
     }
     Ok(match v.to_ascii_lowercase().as_str() {
         "trace" => 1,

@@ -92,7 +92,13 @@ fn signals_bench(now: u64) -> anyhow::Result<()> {
         Ok(t.elapsed())
     };
     let n_logs = 400.0 * 200.0;
-    let decode = time(&mut |b| Ok(std::mem::drop(std::hint::black_box(ExportLogsServiceRequest::decode(b)?))), &logs)?;
+    let decode = time(
+        &mut |b| {
+            std::hint::black_box(ExportLogsServiceRequest::decode(b)?);
+            Ok(())
+        },
+        &logs,
+    )?;
     let build = time(
         &mut |b| {
             let mut r = ExportLogsServiceRequest::decode(b)?;
@@ -109,7 +115,13 @@ fn signals_bench(now: u64) -> anyhow::Result<()> {
         decode.as_secs_f64() / build.as_secs_f64()
     );
     let n_points = 400.0 * 160.0;
-    let decode = time(&mut |b| Ok(std::mem::drop(std::hint::black_box(ExportMetricsServiceRequest::decode(b)?))), &metrics)?;
+    let decode = time(
+        &mut |b| {
+            std::hint::black_box(ExportMetricsServiceRequest::decode(b)?);
+            Ok(())
+        },
+        &metrics,
+    )?;
     let build = time(
         &mut |b| {
             let mut r = ExportMetricsServiceRequest::decode(b)?;

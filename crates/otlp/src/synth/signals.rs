@@ -115,10 +115,11 @@ pub fn logs_for_spans(req: &crate::ExportTraceServiceRequest) -> ExportLogsServi
         let mut records = Vec::new();
         for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
             let ms = s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano) as f64 / 1e6;
-            let status = s.attributes.iter().find(|kv| kv.key == "http.response.status_code").and_then(|kv| match kv.value.as_ref()?.value {
-                Some(Value::IntValue(c)) => Some(c),
-                _ => None,
-            });
+            let status =
+                s.attributes.iter().find(|kv| kv.key == "http.response.status_code").and_then(|kv| match kv.value.as_ref()?.value {
+                    Some(Value::IntValue(c)) => Some(c),
+                    _ => None,
+                });
             let record = |severity: i32, text: &str, body: String| LogRecord {
                 time_unix_nano: s.end_time_unix_nano,
                 observed_time_unix_nano: s.end_time_unix_nano,
