@@ -234,19 +234,6 @@ pub fn build(req: &ExportLogsServiceRequest) -> Result<RecordBatch, ArrowError> 
     )
 }
 
-/// OTLP severity text for a severity number, when the record carries none.
-fn severity_name(n: i32) -> &'static str {
-    match n {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        21..=24 => "FATAL",
-        _ => "UNSPECIFIED",
-    }
-}
-
 /// The fingerprint column of a `logs` (or `metrics`) batch.
 ///
 /// # Errors
@@ -307,7 +294,7 @@ impl<'a> LogView<'a> {
             "time_unix_nano": ts(col::TIME),
             "observed_time_unix_nano": ts(col::OBSERVED_TIME),
             "severity_number": severity_number,
-            "severity_text": dict(col::SEVERITY_TEXT).unwrap_or_else(|| severity_name(severity_number).to_string()),
+            "severity_text": dict(col::SEVERITY_TEXT).unwrap_or_else(|| skein_otlp::validate_signals::severity_text(severity_number).to_string()),
             "body": body.value(row),
             "trace_id": hex(col::TRACE_ID),
             "span_id": hex(col::SPAN_ID),

@@ -104,8 +104,8 @@ fn check_histogram(p: &HistogramDataPoint) -> Result<(), (&'static str, String)>
     Ok(())
 }
 
-/// Data points of a metric, for counting.
-fn points(m: &Metric) -> usize {
+/// The data points of one metric (of every point type).
+pub fn data_points(m: &Metric) -> usize {
     match &m.data {
         Some(Data::Gauge(g)) => g.data_points.len(),
         Some(Data::Sum(s)) => s.data_points.len(),
@@ -162,7 +162,7 @@ pub fn validate_metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits) 
                     None
                 };
                 if let Some((label, why)) = problem {
-                    for _ in 0..points(m).max(1) {
+                    for _ in 0..data_points(m).max(1) {
                         v.reject(label, format!("{at}: {why}"));
                     }
                     return false;
@@ -199,13 +199,26 @@ pub fn validate_metrics(req: &mut ExportMetricsServiceRequest, limits: &Limits) 
                     ),
                     None => {}
                 }
-                points(m) > 0
+                data_points(m) > 0
             });
         }
         rm.scope_metrics.retain(|s| !s.metrics.is_empty());
     }
     req.resource_metrics.retain(|r| !r.scope_metrics.is_empty());
     v
+}
+
+/// The OTLP severity text of a severity number (`INFO` for 9–12, …), for records without one.
+pub fn severity_text(n: i32) -> &'static str {
+    match n {
+        1..=4 => "TRACE",
+        5..=8 => "DEBUG",
+        9..=12 => "INFO",
+        13..=16 => "WARN",
+        17..=20 => "ERROR",
+        21..=24 => "FATAL",
+        _ => "UNSPECIFIED",
+    }
 }
 
 /// The string of an `AnyValue` that is a string, else `None`.

@@ -129,7 +129,13 @@ impl AgentIngest {
             }
             Export::Metrics(mut r) => {
                 r.resource_metrics.iter_mut().for_each(|rm| self.identity.stamp(&mut rm.resource));
-                let n = r.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum();
+                let n = r
+                    .resource_metrics
+                    .iter()
+                    .flat_map(|r| &r.scope_metrics)
+                    .flat_map(|s| &s.metrics)
+                    .map(skein_otlp::validate_signals::data_points)
+                    .sum();
                 (Signal::Metrics, self.ring.split_metrics(&r, &node), n, ExportOutcome::default())
             }
         };
@@ -196,21 +202,14 @@ fn items_in(signal: Signal, body: &[u8]) -> usize {
             .map_or(0, |r| r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()),
         Signal::Logs => ExportLogsServiceRequest::decode(body)
             .map_or(0, |r| r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum()),
-        Signal::Metrics => ExportMetricsServiceRequest::decode(body)
-            .map_or(0, |r| r.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum()),
-    }
-}
-
-/// Data points of one metric (every point type).
-fn data_points(m: &skein_otlp::proto::metrics::v1::Metric) -> usize {
-    use skein_otlp::proto::metrics::v1::metric::Data;
-    match &m.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
+        Signal::Metrics => ExportMetricsServiceRequest::decode(body).map_or(0, |r| {
+            r.resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+                .map(skein_otlp::validate_signals::data_points)
+                .sum()
+        }),
     }
 }
 

@@ -31,12 +31,21 @@ async fn demo_produces_cross_node_traces() {
     assert!(lines.iter().all(|l| l["trace_id"] == tid.as_str()), "{logs}");
     let nodes: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l["node"].as_str()).collect();
     assert!(nodes.len() >= 2, "logs from the nodes of the trace: {logs}");
-    // Per-node request counters.
-    let (status, m) = c.get_json("/api/v1/metrics?name=http.server.request.count&agg=max").await.unwrap();
-    assert_eq!(status, 200, "{m}");
-    assert!(m["series"].as_array().is_some_and(|s| s.len() >= 3), "{m}");
-    let (_, n) = c.get_json("/api/v1/nodes").await.unwrap();
-    assert!(n["nodes"].as_array().is_some_and(|n| n.len() >= 4), "{n}");
+    // Per-node request counters, and the nodes (the six hosts report as traces reach them).
+    wait_until(Duration::from_secs(60), "request counters from three nodes", || async {
+        let (status, m) = c.get_json("/api/v1/metrics?name=http.server.request.count&agg=max").await?;
+        anyhow::ensure!(status == 200, "{m}");
+        Ok(m["series"].as_array().is_some_and(|s| s.len() >= 3).then_some(()))
+    })
+    .await
+    .expect("the demo reports metrics");
+    wait_until(Duration::from_secs(60), "four nodes in the node list", || async {
+        let (status, n) = c.get_json("/api/v1/nodes").await?;
+        anyhow::ensure!(status == 200, "{n}");
+        Ok(n["nodes"].as_array().is_some_and(|n| n.len() >= 4).then_some(()))
+    })
+    .await
+    .expect("the demo's nodes are listed");
     assert!(trace["services"].as_array().is_some_and(|s| s.len() >= 2), "{trace}");
 
     let services = wait_until(Duration::from_secs(60), "three demo services", || async {

@@ -36,14 +36,7 @@ pub struct Line {
 
 /// A logs export of `lines` from `service` on `node`.
 pub fn logs_request(node: &str, service: &str, lines: &[Line]) -> ExportLogsServiceRequest {
-    let severity_text = |n: i32| match n {
-        1..=4 => "TRACE",
-        5..=8 => "DEBUG",
-        9..=12 => "INFO",
-        13..=16 => "WARN",
-        17..=20 => "ERROR",
-        _ => "FATAL",
-    };
+    let severity_text = crate::validate_signals::severity_text;
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(node_resource(node, service)),
