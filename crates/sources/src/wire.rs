@@ -37,7 +37,20 @@ impl<'a> Cur<'a> {
         self.i >= self.b.len()
     }
 
+    /// The next varint. Tags and most lengths fit in one byte, so that case is inlined and the
+    /// loop is kept out of line.
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        let b0 = *self.b.get(self.i)?;
+        if b0 < 0x80 {
+            self.i += 1;
+            return Some(u64::from(b0));
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
             let byte = *self.b.get(self.i)?;
