@@ -11,7 +11,10 @@ use prost::Message;
 use skein_core::ErrorCode;
 use skein_core::metrics::{self, Counter};
 use skein_exporter::Ring;
-use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Limits, Signal, validate_traces};
+use skein_otlp::{
+    ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Limits, Signal, validate_logs, validate_metrics,
+    validate_traces,
+};
 use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, OtlpIngest};
 use skein_wal::Queue;
 use std::sync::Arc;
@@ -114,31 +117,29 @@ impl AgentIngest {
     /// Stamps, splits and queues one export.
     async fn accept(&self, req: Export) -> Result<ExportOutcome, ApiError> {
         let node = self.identity.node().to_string();
-        let (signal, parts, items, outcome) = match req {
+        let (signal, parts, v) = match req {
             Export::Traces(mut r) => {
                 let v = validate_traces(&mut r, &self.limits);
                 self.stats.rejected_spans.add(v.rejected as u64);
                 r.resource_spans.iter_mut().for_each(|rs| self.identity.stamp(&mut rs.resource));
-                let outcome = ExportOutcome { rejected: v.rejected as i64, message: v.message() };
-                (Signal::Traces, self.ring.split_traces(r), v.accepted, outcome)
+                (Signal::Traces, self.ring.split_traces(r), v)
             }
             Export::Logs(mut r) => {
+                let v = validate_logs(&mut r, &self.limits);
                 r.resource_logs.iter_mut().for_each(|rl| self.identity.stamp(&mut rl.resource));
-                let n = r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
-                (Signal::Logs, self.ring.split_logs(r, &node), n, ExportOutcome::default())
+                (Signal::Logs, self.ring.split_logs(r, &node), v)
             }
             Export::Metrics(mut r) => {
+                let v = validate_metrics(&mut r, &self.limits);
                 r.resource_metrics.iter_mut().for_each(|rm| self.identity.stamp(&mut rm.resource));
-                let n = r
-                    .resource_metrics
-                    .iter()
-                    .flat_map(|r| &r.scope_metrics)
-                    .flat_map(|s| &s.metrics)
-                    .map(skein_otlp::validate_signals::data_points)
-                    .sum();
-                (Signal::Metrics, self.ring.split_metrics(&r, &node), n, ExportOutcome::default())
+                (Signal::Metrics, self.ring.split_metrics(&r, &node), v)
             }
         };
+        if v.accepted == 0 && v.rejected > 0 {
+            // As the collector answers: every item invalid is a 400 naming them.
+            return Err(ApiError::bad_request(v.message()));
+        }
+        let (items, outcome) = (v.accepted, ExportOutcome { rejected: v.rejected as i64, message: v.message() });
         self.enqueue(signal, parts, items, outcome).await
     }
 
@@ -315,6 +316,17 @@ mod tests {
         let err = a.export_protobuf(Signal::Logs, bytes::Bytes::from_static(b"\xff\xff")).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("logs"), "{}", err.message);
+        // log records are checked as the collector checks them: one bad one alone is a partial
+        // success, all bad is a 400
+        use skein_otlp::synth::signals::{Line, logs_request};
+        let good = Line { time: 1, body: "ok".into(), ..Line::default() };
+        let bad = Line { trace_id: vec![1; 3], ..good.clone() };
+        let o = a.export(Export::Logs(logs_request("n", "s", &[good, bad.clone()]))).await.unwrap();
+        assert_eq!(o.rejected, 1, "{}", o.message);
+        assert!(o.message.contains("trace id must be 16 bytes or empty"), "{}", o.message);
+        let err = a.export(Export::Logs(logs_request("n", "s", &[bad]))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("rejected 1 of 1 log records"), "{}", err.message);
     }
 
     #[tokio::test]
