@@ -99,6 +99,15 @@ fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<std::borrow::Cow<'a,
     }
 }
 
+/// `buf` := the protobuf encoding of `msg` (empty for `None`).
+pub(crate) fn encode_into(msg: Option<&impl Message>, buf: &mut Vec<u8>) {
+    buf.clear();
+    if let Some(m) = msg {
+        // Encoding into a Vec cannot fail.
+        let _ = m.encode(buf);
+    }
+}
+
 /// The fingerprint of one record: XXH3-64 over the encodings of its resource, its scope and
 /// the record itself. `buf` is scratch space.
 pub fn fingerprint(resource: &[u8], scope: &[u8], record: &impl Message, buf: &mut Vec<u8>) -> u64 {
@@ -139,16 +148,10 @@ pub fn build(req: &ExportLogsServiceRequest) -> Result<RecordBatch, ArrowError> 
     for rl in &req.resource_logs {
         let rattrs = rl.resource.as_ref().map_or(&[][..], |r| &r.attributes);
         let (svc, nd) = (service_of(rattrs), node_of(rattrs));
-        res_bytes.clear();
-        if let Some(r) = &rl.resource {
-            r.encode(&mut res_bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-        }
+        encode_into(rl.resource.as_ref(), &mut res_bytes);
         let mut rows = 0usize;
         for sl in &rl.scope_logs {
-            scope_bytes.clear();
-            if let Some(s) = &sl.scope {
-                s.encode(&mut scope_bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-            }
+            encode_into(sl.scope.as_ref(), &mut scope_bytes);
             let (sn, sv) = sl.scope.as_ref().map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
             for r in &sl.log_records {
                 let t = if r.time_unix_nano == 0 { r.observed_time_unix_nano } else { r.time_unix_nano };

@@ -9,7 +9,7 @@
 //! stored. As in `logs`, `fingerprint` identifies a data point for removing retried
 //! duplicates.
 
-use crate::logs::fingerprint;
+use crate::logs::{encode_into, fingerprint};
 use crate::spans::build::{MapCol, ResourceCol, dict_builder, exact};
 use crate::spans::{dict, map_type, node_of, resource_type, service_of, ts};
 use arrow::array::{
@@ -18,7 +18,6 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use prost::Message;
 use skein_otlp::ExportMetricsServiceRequest;
 use skein_otlp::proto::metrics::v1::exponential_histogram_data_point::Buckets;
 use skein_otlp::proto::metrics::v1::metric::Data;
@@ -318,18 +317,15 @@ pub fn build(req: &ExportMetricsServiceRequest) -> Result<RecordBatch, ArrowErro
     for rm in &req.resource_metrics {
         let rattrs = rm.resource.as_ref().map_or(&[][..], |r| &r.attributes);
         let (svc, nd) = (service_of(rattrs), node_of(rattrs));
-        res_bytes.clear();
-        if let Some(r) = &rm.resource {
-            r.encode(&mut res_bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-        }
+        encode_into(rm.resource.as_ref(), &mut res_bytes);
         let mut rows = 0usize;
         for sm in &rm.scope_metrics {
             let (sn, sv) = sm.scope.as_ref().map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()));
+            // The scope's encoding once, then the metric's name behind it for each metric.
+            encode_into(sm.scope.as_ref(), &mut scope_bytes);
+            let scope_len = scope_bytes.len();
             for m in &sm.metrics {
-                scope_bytes.clear();
-                if let Some(s) = &sm.scope {
-                    s.encode(&mut scope_bytes).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-                }
+                scope_bytes.truncate(scope_len);
                 scope_bytes.extend_from_slice(m.name.as_bytes());
                 let before = c.time.len();
                 let meta = |c: &mut Columns, kind: &str, temporality: i32, monotonic: Option<bool>, attrs, fp: u64| {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::head::{Head, HeadStats};
 use crate::manifest::Manifest;
 use crate::objstore::Objects;
-use crate::signal_head::{NodeMap, SignalHead, merge_nodes};
+use crate::signal_head::{NodeMap, SignalHead, Table, merge_nodes};
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -316,22 +316,7 @@ impl Store {
         let _permit = self.admit(req.encoded_len())?;
         let v = validate_logs(&mut req, &self.cfg.limits);
         self.metrics.logs_rejected.add(v.rejected as u64);
-        self.count_limits(&v);
-        if v.accepted == 0 {
-            return self.nothing_accepted(&v);
-        }
-        let t = Instant::now();
-        let batch = skein_columnar::logs::build(&req)?;
-        let payload = prefixed(RECORD_LOGS, &req);
-        self.metrics.build_seconds.observe(t.elapsed());
-        let _gate = self.gate.read().await;
-        if !self.all_present_in(&batch, |h| &h.logs) {
-            self.wal.append(payload).await?;
-        }
-        let active = Arc::clone(&self.state.read().active);
-        active.insert_logs(self.not_frozen(batch, |h| &h.logs)?)?;
-        self.metrics.logs_accepted.add(v.accepted as u64);
-        Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
+        self.commit_table(&req, &v, Table::Logs, skein_columnar::logs::build).await
     }
 
     /// Validates, logs and stores a metrics export, as [`Store::ingest_logs`].
@@ -343,21 +328,43 @@ impl Store {
         let _permit = self.admit(req.encoded_len())?;
         let v = validate_metrics(&mut req, &self.cfg.limits);
         self.metrics.points_rejected.add(v.rejected as u64);
-        self.count_limits(&v);
+        self.commit_table(&req, &v, Table::Metrics, skein_columnar::metrics::build).await
+    }
+
+    /// The rest of [`Store::ingest_logs`] and [`Store::ingest_metrics`] once `req` is validated:
+    /// build the batch, log the request (unless the head holds every record already, a
+    /// retry), insert what a head being flushed does not hold.
+    async fn commit_table<M: Message + Sync>(
+        &self,
+        req: &M,
+        v: &Validated,
+        table: Table,
+        build: fn(&M) -> std::result::Result<RecordBatch, arrow::error::ArrowError>,
+    ) -> Result<IngestOutcome> {
+        self.count_limits(v);
         if v.accepted == 0 {
-            return self.nothing_accepted(&v);
+            return self.nothing_accepted(v);
         }
+        let (kind, part, accepted): (u8, fn(&Head) -> &SignalHead, &Counter) = match table {
+            Table::Metrics => (RECORD_METRICS, |h| &h.metrics, &self.metrics.points_accepted),
+            _ => (RECORD_LOGS, |h| &h.logs, &self.metrics.logs_accepted),
+        };
         let t = Instant::now();
-        let batch = skein_columnar::metrics::build(&req)?;
-        let payload = prefixed(RECORD_METRICS, &req);
+        let batch = build(req)?;
+        let payload = prefixed(kind, req);
         self.metrics.build_seconds.observe(t.elapsed());
         let _gate = self.gate.read().await;
-        if !self.all_present_in(&batch, |h| &h.metrics) {
+        if !self.all_present_in(&batch, part) {
             self.wal.append(payload).await?;
         }
         let active = Arc::clone(&self.state.read().active);
-        active.insert_metrics(self.not_frozen(batch, |h| &h.metrics)?)?;
-        self.metrics.points_accepted.add(v.accepted as u64);
+        let batch = self.not_frozen(batch, part)?;
+        if table == Table::Metrics {
+            active.insert_metrics(batch)?;
+        } else {
+            active.insert_logs(batch)?;
+        }
+        accepted.add(v.accepted as u64);
         Ok(IngestOutcome { accepted: v.accepted, rejected: v.rejected, message: v.message() })
     }
 
