@@ -27,8 +27,24 @@ pub struct AgentConfig {
     pub queue: QueueConfig,
     /// Pushing to the collector(s).
     pub exporter: ExporterConfig,
+    /// The node's CPU, memory, load, network and disk figures.
+    pub host_metrics: HostMetricsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `host_metrics` source (`skein_sources::host_metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostMetricsConfig {
+    /// Time between scrapes of `/proc`; `0s` turns the source off.
+    pub interval: Duration,
+}
+
+impl Default for HostMetricsConfig {
+    fn default() -> Self {
+        Self { interval: Duration::secs(30) }
+    }
 }
 
 impl Default for AgentConfig {
@@ -41,6 +57,7 @@ impl Default for AgentConfig {
             node: NodeConfig::default(),
             queue: QueueConfig::default(),
             exporter: ExporterConfig::default(),
+            host_metrics: HostMetricsConfig::default(),
             log: LogConfig::default(),
         }
     }

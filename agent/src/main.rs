@@ -164,6 +164,27 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
         })
     });
+    let host = (!cfg.host_metrics.interval.0.is_zero()).then(|| {
+        let (ingest, every, mut stop) = (Arc::clone(&ingest), cfg.host_metrics.interval.0, stop_rx.clone());
+        tokio::spawn(async move {
+            let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let uptime_ns = std::fs::read_to_string("/proc/uptime")
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+                .map_or(0, |s| (s * 1e9) as u64);
+            let mut sampler = skein_sources::host_metrics::Sampler::new("/", now().saturating_sub(uptime_ns));
+            loop {
+                let req = sampler.sample(now());
+                if let Err(e) = skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await {
+                    tracing::warn!(error = %e.message, "queueing host metrics failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+            }
+        })
+    });
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
@@ -180,8 +201,8 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Stop taking data first, then let the exporters drain.
     let _ = stop_rx_tx.send(true);
     let _ = tokio::join!(grpc, http);
-    if let Some(r) = reporter {
-        let _ = r.await;
+    for task in [reporter, host].into_iter().flatten() {
+        let _ = task.await;
     }
     let _ = stop_tx_tx.send(true);
     for t in tasks {

@@ -9,5 +9,6 @@
 //! (issue 5).
 
 pub mod enrich;
+pub mod host_metrics;
 pub mod otlp;
 pub mod wire;

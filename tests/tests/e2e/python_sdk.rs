@@ -248,7 +248,12 @@ async fn python_sdk_through_two_agents_and_a_collector_outage() {
     let mut c = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.expect("collector starts");
     let upstream = [format!("http://127.0.0.1:{port}")];
     // Each agent reports its own queue gauges every second, under its app's host name.
-    let fast = [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "1s"), ("admin.report_interval", "1s")];
+    let fast = [
+        ("exporter.retry_initial_delay", "50ms"),
+        ("exporter.retry_max_delay", "1s"),
+        ("admin.report_interval", "1s"),
+        ("host_metrics.interval", "1s"),
+    ];
     let sets = |host: &'static str, pod: &'static str, node: &'static str| {
         let mut v = vec![("node.host_name", host), ("node.k8s_pod_name", pod), ("node.k8s_node_name", node)];
         v.extend(fast);
@@ -320,6 +325,17 @@ async fn python_sdk_through_two_agents_and_a_collector_outage() {
         assert!(node["records"]["spans"].as_u64().unwrap() >= 2 && node["records"]["logs"] == 2, "{node}");
         assert!(node["identity"]["k8s.pod.name"].is_string(), "{node}");
     }
+
+    // Each agent's host metrics, under its node.
+    let mem = skein_tests::wait_until(Duration::from_secs(30), "host memory usage from py-node-a", || async {
+        let (_, m) = c.get_json("/api/v1/metrics?name=system.memory.usage&node=py-node-a&agg=max").await.ok()?;
+        m["series"].as_array().is_some_and(|s| s.len() == 4).then_some(m)
+    })
+    .await
+    .unwrap();
+    let states: BTreeSet<&str> =
+        mem["series"].as_array().unwrap().iter().filter_map(|s| s["attributes"]["system.memory.state"].as_str()).collect();
+    assert_eq!(states, ["buffers", "cached", "free", "used"].into(), "{mem}");
 
     // The collector is down for 60 s; the apps keep sending and the agents keep acking.
     c.kill9().unwrap();
