@@ -21,7 +21,7 @@ use arrow::error::ArrowError;
 use skein_otlp::ExportMetricsServiceRequest;
 use skein_otlp::proto::metrics::v1::exponential_histogram_data_point::Buckets;
 use skein_otlp::proto::metrics::v1::metric::Data;
-use skein_otlp::proto::metrics::v1::number_data_point;
+use skein_otlp::proto::metrics::v1::{NumberDataPoint, number_data_point};
 use std::sync::{Arc, OnceLock};
 
 /// Column positions in [`schema`].
@@ -164,6 +164,18 @@ struct Point<'a> {
     exp: Option<ExpFields<'a>>,
     quantiles: Option<Vec<(f64, f64)>>,
     flags: u32,
+}
+
+impl Point<'_> {
+    /// A gauge or sum point.
+    fn number(p: &NumberDataPoint) -> Self {
+        Point { time: p.time_unix_nano, start: p.start_time_unix_nano, value: number(p.value.as_ref()), flags: p.flags, ..Point::default() }
+    }
+
+    /// The fields a histogram and an exponential histogram point share: (count, sum, min, max).
+    fn distribution(time: u64, start: u64, (count, sum, min, max): (u64, Option<f64>, Option<f64>, Option<f64>), flags: u32) -> Self {
+        Point { time, start, count: Some(count), sum, min, max, flags, ..Point::default() }
+    }
 }
 
 impl Columns {
@@ -350,62 +362,32 @@ pub fn build(req: &ExportMetricsServiceRequest) -> Result<RecordBatch, ArrowErro
                         for p in &g.data_points {
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::GAUGE, 0, None, &p.attributes, fp);
-                            let value = number(p.value.as_ref());
-                            c.push(Point {
-                                time: p.time_unix_nano,
-                                start: p.start_time_unix_nano,
-                                value,
-                                flags: p.flags,
-                                ..Point::default()
-                            });
+                            c.push(Point::number(p));
                         }
                     }
                     Some(Data::Sum(s)) => {
                         for p in &s.data_points {
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::SUM, s.aggregation_temporality, Some(s.is_monotonic), &p.attributes, fp);
-                            let value = number(p.value.as_ref());
-                            c.push(Point {
-                                time: p.time_unix_nano,
-                                start: p.start_time_unix_nano,
-                                value,
-                                flags: p.flags,
-                                ..Point::default()
-                            });
+                            c.push(Point::number(p));
                         }
                     }
                     Some(Data::Histogram(h)) => {
                         for p in &h.data_points {
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::HISTOGRAM, h.aggregation_temporality, None, &p.attributes, fp);
-                            c.push(Point {
-                                time: p.time_unix_nano,
-                                start: p.start_time_unix_nano,
-                                count: Some(p.count),
-                                sum: p.sum,
-                                min: p.min,
-                                max: p.max,
-                                buckets: Some((&p.bucket_counts, &p.explicit_bounds)),
-                                flags: p.flags,
-                                ..Point::default()
-                            });
+                            let stats = (p.count, p.sum, p.min, p.max);
+                            let buckets = Some((&p.bucket_counts[..], &p.explicit_bounds[..]));
+                            c.push(Point { buckets, ..Point::distribution(p.time_unix_nano, p.start_time_unix_nano, stats, p.flags) });
                         }
                     }
                     Some(Data::ExponentialHistogram(h)) => {
                         for p in &h.data_points {
                             let fp = fingerprint(&res_bytes, &scope_bytes, p, &mut scratch);
                             meta(&mut c, kind::EXPONENTIAL_HISTOGRAM, h.aggregation_temporality, None, &p.attributes, fp);
-                            c.push(Point {
-                                time: p.time_unix_nano,
-                                start: p.start_time_unix_nano,
-                                count: Some(p.count),
-                                sum: p.sum,
-                                min: p.min,
-                                max: p.max,
-                                exp: Some((p.scale, p.zero_count, side(p.positive.as_ref()), side(p.negative.as_ref()))),
-                                flags: p.flags,
-                                ..Point::default()
-                            });
+                            let stats = (p.count, p.sum, p.min, p.max);
+                            let exp = Some((p.scale, p.zero_count, side(p.positive.as_ref()), side(p.negative.as_ref())));
+                            c.push(Point { exp, ..Point::distribution(p.time_unix_nano, p.start_time_unix_nano, stats, p.flags) });
                         }
                     }
                     Some(Data::Summary(s)) => {

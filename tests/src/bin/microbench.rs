@@ -91,52 +91,56 @@ fn signals_bench(now: u64) -> anyhow::Result<()> {
         }
         Ok(t.elapsed())
     };
-    let n_logs = 400.0 * 200.0;
-    let decode = time(
-        &mut |b| {
+    let compare = |name: &str,
+                   unit: &str,
+                   n: f64,
+                   bodies: &[Vec<u8>],
+                   decode: &dyn Fn(&[u8]) -> anyhow::Result<()>,
+                   build: &dyn Fn(&[u8]) -> anyhow::Result<()>|
+     -> anyhow::Result<()> {
+        let d = time(&mut |b| decode(b), bodies)?;
+        let b = time(&mut |b| build(b), bodies)?;
+        println!("{:<30}{:>12.0} {unit}/s", format!("{name} decode only:"), n / d.as_secs_f64());
+        println!(
+            "{:<30}{:>12.0} {unit}/s  ({:.2}x of decode-only)",
+            format!("{name} decode+validate+build:"),
+            n / b.as_secs_f64(),
+            d.as_secs_f64() / b.as_secs_f64()
+        );
+        Ok(())
+    };
+    compare(
+        "logs",
+        "records",
+        400.0 * 200.0,
+        &logs,
+        &|b| {
             std::hint::black_box(ExportLogsServiceRequest::decode(b)?);
             Ok(())
         },
-        &logs,
-    )?;
-    let build = time(
-        &mut |b| {
+        &|b| {
             let mut r = ExportLogsServiceRequest::decode(b)?;
             skein_otlp::validate_logs(&mut r, &limits);
             std::hint::black_box(skein_columnar::logs::build(&r)?);
             Ok(())
         },
-        &logs,
     )?;
-    println!("logs decode only:            {:>12.0} records/s", n_logs / decode.as_secs_f64());
-    println!(
-        "logs decode+validate+build:  {:>12.0} records/s  ({:.2}x of decode-only)",
-        n_logs / build.as_secs_f64(),
-        decode.as_secs_f64() / build.as_secs_f64()
-    );
-    let n_points = 400.0 * 160.0;
-    let decode = time(
-        &mut |b| {
+    compare(
+        "metrics",
+        "points",
+        400.0 * 160.0,
+        &metrics,
+        &|b| {
             std::hint::black_box(ExportMetricsServiceRequest::decode(b)?);
             Ok(())
         },
-        &metrics,
-    )?;
-    let build = time(
-        &mut |b| {
+        &|b| {
             let mut r = ExportMetricsServiceRequest::decode(b)?;
             skein_otlp::validate_metrics(&mut r, &limits);
             std::hint::black_box(skein_columnar::metrics::build(&r)?);
             Ok(())
         },
-        &metrics,
     )?;
-    println!("metrics decode only:         {:>12.0} points/s", n_points / decode.as_secs_f64());
-    println!(
-        "metrics decode+validate+build:{:>11.0} points/s  ({:.2}x of decode-only)",
-        n_points / build.as_secs_f64(),
-        decode.as_secs_f64() / build.as_secs_f64()
-    );
     Ok(())
 }
 

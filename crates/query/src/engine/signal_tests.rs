@@ -24,14 +24,7 @@ fn line(i: u64, trace: u8, severity: i32, body: &str) -> Line {
 
 async fn engine() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = skein_storage::StoreConfig {
-        memory_limit: 1 << 30,
-        limits: skein_otlp::Limits::default(),
-        wal: skein_wal::WalOptions::default(),
-        max_inflight_bytes: 64 << 20,
-        storage: skein_storage::StorageConfig::default(),
-    };
-    let store = Store::open(dir.path(), cfg).await.unwrap().0;
+    let store = super::tests::open_store(dir.path()).await;
     let first = logs_request("web-1", "frontend", &[line(0, 1, 9, "GET /cart started"), line(1, 2, 9, "GET /home started")]);
     store.ingest_logs(first.clone()).await.unwrap();
     store

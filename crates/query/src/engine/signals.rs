@@ -202,7 +202,7 @@ impl Engine {
         }
         let out: Vec<Json> = series
             .into_values()
-            .map(|s| {
+            .map(|mut s| {
                 let points = s.buckets(q);
                 json!({"node": s.node, "service": s.service, "attributes": s.labels, "points": points})
             })
@@ -280,13 +280,13 @@ struct Series {
 
 impl Series {
     /// `[[bucket start, value], ...]` for the buckets holding points.
-    fn buckets(&self, q: &MetricQuery) -> Vec<[Json; 2]> {
+    /// Sorts the points by time first.
+    fn buckets(&mut self, q: &MetricQuery) -> Vec<[Json; 2]> {
         let mut acc: BTreeMap<i64, (f64, f64, f64, u64)> = BTreeMap::new(); // sum, min, max, n
         let bucket = |t: i64| q.start_ns + (t - q.start_ns).div_euclid(q.step_ns) * q.step_ns;
         let mut prev: Option<f64> = None;
-        let mut points = self.points.clone();
-        points.sort_by_key(|p| p.0);
-        for &(t, v) in &points {
+        self.points.sort_by_key(|p| p.0);
+        for &(t, v) in &self.points {
             let x = if q.agg == MetricAgg::Rate && !self.delta {
                 // Increase since the previous point of a cumulative series; a drop is a reset.
                 let inc = match prev {
