@@ -1,7 +1,7 @@
 //! The agent's footprint: idle RSS, then CPU and RSS while it forwards spans at fixed rates
 //! (OTLP/HTTP protobuf in, queue with fsync, OTLP/gRPC gzip out to a real collector).
 //!
-//! `cargo build --release -p skein-agent -p skein-collector -p skein-tests --bin agentbench`
+//! `cargo build --release -p skein-agent -p skein-collector -p skein-tests --features bench --bin agentbench`
 //! `target/release/agentbench --rates 10000,50000 --seconds 20`
 //!
 //! Baseline in the same run: the CPU one thread spends only decoding and re-encoding the same

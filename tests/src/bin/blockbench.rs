@@ -1,7 +1,7 @@
 //! Block encoding on synthetic spans: bytes on disk per span (beside the OTLP protobuf bytes
 //! of the same spans, the baseline), per column, and the encode rate, for a few block layouts.
 //!
-//! `cargo run --release -p skein-tests --bin blockbench -- --spans 1000000`
+//! `cargo run --release -p skein-tests --features bench --bin blockbench -- --spans 1000000`
 
 use clap::Parser;
 use parquet::basic::{Compression, Encoding, ZstdLevel};

@@ -17,7 +17,7 @@
 //! Every phase has a deadline; the run ends by itself.
 //!
 //! ```text
-//! cargo build --release -p skein-collector -p skein-tests --bin loadgen
+//! cargo build --release -p skein-collector -p skein-tests --features bench --bin loadgen
 //! target/release/loadgen --spans 1000000 [--connections 8] [--json]
 //! ```
 

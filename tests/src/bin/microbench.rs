@@ -11,7 +11,7 @@
 //!   from protobuf (baseline: what any store pays to materialise them) vs `Head::trace`, and
 //!   vs `Head::trace` + full assembly.
 //!
-//! `cargo run --release -p skein-tests --bin microbench -- --head-spans 1000000`
+//! `cargo run --release -p skein-tests --features bench --bin microbench -- --head-spans 1000000`
 
 use clap::Parser;
 use prost::Message;

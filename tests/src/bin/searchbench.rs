@@ -3,7 +3,7 @@
 //! summaries the API returns (one trace lookup per match). The baseline beside it is a plain
 //! count of the spans the search has to consider, through the same engine.
 //!
-//! `cargo run --release -p skein-tests --bin searchbench -- --spans 10000000 --dir /tmp/sb`
+//! `cargo run --release -p skein-tests --features bench --bin searchbench -- --spans 10000000 --dir /tmp/sb`
 //!
 //! Spans arrive in time order over the last hour, as a collector receives them, so blocks
 //! cover successive time ranges; `--overlap` gives every trace a start near now instead, so
