@@ -24,11 +24,17 @@ pub struct Admin {
     metrics: Arc<ServerMetrics>,
     ready: AtomicBool,
     started: Instant,
+    tail: std::sync::OnceLock<Arc<skein_sources::file_tail::TailStats>>,
 }
 
 impl Admin {
     pub fn new(identity: NodeIdentity, ingest: Arc<AgentIngest>, exporters: Vec<Arc<Exporter>>, metrics: Arc<ServerMetrics>) -> Self {
-        Self { identity, ingest, exporters, metrics, ready: AtomicBool::new(false), started: Instant::now() }
+        Self { identity, ingest, exporters, metrics, ready: AtomicBool::new(false), started: Instant::now(), tail: std::sync::OnceLock::new() }
+    }
+
+    /// The file tailer's counters, shown on `/metrics`.
+    pub fn set_tail_stats(&self, stats: Arc<skein_sources::file_tail::TailStats>) {
+        let _ = self.tail.set(stats);
     }
 
     pub fn set_ready(&self) {
@@ -53,6 +59,9 @@ impl Admin {
             self.started.elapsed().as_secs(),
         );
         self.ingest.stats.render(&mut out);
+        if let Some(t) = self.tail.get() {
+            t.render(&mut out);
+        }
         let labels: Vec<String> = self.exporters.iter().map(|e| format!("endpoint=\"{}\"", e.endpoint())).collect();
         let queues: Vec<(&str, &Queue)> = self.exporters.iter().zip(&labels).map(|(e, l)| (l.as_str(), e.queue().as_ref())).collect();
         Queue::render_metrics(&queues, &mut out, "skein_agent_queue");

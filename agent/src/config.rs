@@ -6,6 +6,7 @@ pub use skein_core::config::LogConfig;
 use skein_core::{ByteSize, Duration};
 use skein_exporter::ExporterConfig;
 use skein_sources::enrich::NodeConfig;
+use skein_sources::file_tail::FileTailConfig;
 use std::path::PathBuf;
 
 /// Top-level agent configuration.
@@ -29,6 +30,8 @@ pub struct AgentConfig {
     pub exporter: ExporterConfig,
     /// The node's CPU, memory, load, network and disk figures.
     pub host_metrics: HostMetricsConfig,
+    /// Log files read as they grow.
+    pub file_tail: FileTailConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -58,6 +61,7 @@ impl Default for AgentConfig {
             queue: QueueConfig::default(),
             exporter: ExporterConfig::default(),
             host_metrics: HostMetricsConfig::default(),
+            file_tail: FileTailConfig::default(),
             log: LogConfig::default(),
         }
     }

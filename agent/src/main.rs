@@ -79,6 +79,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
             cfg.queue.segment_size
         );
     }
+    cfg.file_tail.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(cfg)
 }
 
@@ -185,6 +186,21 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
         })
     });
+    let tail = if cfg.file_tail.inputs.is_empty() {
+        None
+    } else {
+        let tailer = skein_sources::file_tail::Tailer::new(cfg.file_tail.clone(), &cfg.data_dir.join("file_tail"))
+            .map_err(|e| anyhow::anyhow!("file_tail: {e}"))?;
+        state.set_tail_stats(Arc::clone(&tailer.stats));
+        let (ingest, stop) = (Arc::clone(&ingest), stop_rx.clone());
+        let export = move |req| {
+            let ingest = Arc::clone(&ingest);
+            async move {
+                skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Logs(req)).await.map(|_| ()).map_err(|e| e.message)
+            }
+        };
+        Some(tokio::spawn(skein_sources::file_tail::run(tailer, export, stop)))
+    };
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
@@ -201,7 +217,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Stop taking data first, then let the exporters drain.
     let _ = stop_rx_tx.send(true);
     let _ = tokio::join!(grpc, http);
-    for task in [reporter, host].into_iter().flatten() {
+    for task in [reporter, host, tail].into_iter().flatten() {
         let _ = task.await;
     }
     let _ = stop_tx_tx.send(true);

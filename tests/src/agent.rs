@@ -181,6 +181,11 @@ impl Agent {
         self.spawn_and_wait().await
     }
 
+    /// The process id of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

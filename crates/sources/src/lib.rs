@@ -9,6 +9,7 @@
 //! (issue 5).
 
 pub mod enrich;
+pub mod file_tail;
 pub mod host_metrics;
 pub mod otlp;
 pub mod wire;

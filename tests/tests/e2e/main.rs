@@ -13,5 +13,6 @@ mod demo;
 mod durability;
 mod limits;
 mod python_sdk;
+mod sources;
 mod storage;
 mod support;
