@@ -8,8 +8,9 @@
 //! each CPU mode since the previous scrape (absent on the first). Parsing is separate from
 //! reading, so the parsers are tested on fixed text and the sampler on the real `/proc`.
 //!
-//! Not read yet: file system usage (needs `statvfs`, which the agent's no-`unsafe` rule keeps
-//! out until a safe wrapper is chosen).
+//! File system usage (`system.filesystem.usage`, `.utilization`) comes from `statvfs` (through
+//! `rustix`) on every mount of `/proc/self/mounts` that is a real file system (not `proc`,
+//! `sysfs`, `cgroup`, `tmpfs`, …), once per device.
 
 use skein_otlp::ExportMetricsServiceRequest;
 use skein_otlp::proto::common::v1::KeyValue;
@@ -97,6 +98,55 @@ pub fn parse_diskstats(text: &str) -> Vec<(String, u64, u64)> {
             Some((name.to_string(), read * 512, written * 512))
         })
         .collect()
+}
+
+/// File system types that hold no user data (or only memory): left out of file system usage.
+const PSEUDO_FS: &[&str] = &[
+    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs", "tmpfs", "mqueue", "tracefs", "debugfs", "securityfs", "pstore",
+    "bpf", "autofs", "fusectl", "configfs", "binfmt_misc", "hugetlbfs", "nsfs", "rpc_pipefs", "ramfs", "efivarfs", "selinuxfs",
+    "squashfs", "nfsd", "fuse.lxcfs", "overlay_internal",
+];
+
+/// One mount of `/proc/self/mounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The device (`/dev/vda1`, `overlay`).
+    pub device: String,
+    /// Where it is mounted.
+    pub mountpoint: String,
+    /// File system type (`ext4`, `xfs`, `overlay`).
+    pub fs_type: String,
+}
+
+/// The real file systems of a `/proc/<pid>/mounts` text, first mount of each device only.
+pub fn parse_mounts(text: &str) -> Vec<Mount> {
+    let mut out: Vec<Mount> = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [device, mountpoint, fs_type, ..] = f[..] else { continue };
+        if PSEUDO_FS.contains(&fs_type) || out.iter().any(|m| m.device == device && device != "overlay") {
+            continue;
+        }
+        out.push(Mount { device: unescape(device), mountpoint: unescape(mountpoint), fs_type: fs_type.to_string() });
+    }
+    out
+}
+
+/// `/proc/mounts` writes a space as `\040`, a tab as `\011`, a backslash as `\134`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `sda1`, `vda2`, `nvme0n1p1`: a partition of a disk listed too.
@@ -222,6 +272,38 @@ impl Sampler {
                 metrics.push(counter("system.disk.io", "By", pts));
             }
         }
+        if let Some(mounts) = self.read("proc/self/mounts").map(|t| parse_mounts(&t)) {
+            let (mut usage, mut util) = (Vec::new(), Vec::new());
+            for m in &mounts {
+                let Ok(v) = rustix::fs::statvfs(self.root.join(m.mountpoint.trim_start_matches('/')).as_path()) else { continue };
+                if v.f_blocks == 0 {
+                    continue;
+                }
+                let (used, free) = (v.f_blocks.saturating_sub(v.f_bfree) * v.f_frsize, v.f_bavail * v.f_frsize);
+                let reserved = v.f_bfree.saturating_sub(v.f_bavail) * v.f_frsize;
+                let a = |state: Option<&str>| {
+                    let mut a = vec![
+                        kv("system.device", &m.device),
+                        kv("system.filesystem.mountpoint", &m.mountpoint),
+                        kv("system.filesystem.type", &m.fs_type),
+                    ];
+                    if let Some(s) = state {
+                        a.push(kv("system.filesystem.state", s));
+                    }
+                    a
+                };
+                for (state, v) in [("used", used), ("free", free), ("reserved", reserved)] {
+                    usage.push(point(now, 0, v as f64, a(Some(state))));
+                }
+                if used + free > 0 {
+                    util.push(point(now, 0, used as f64 / (used + free) as f64, a(None)));
+                }
+            }
+            if !usage.is_empty() {
+                metrics.push(gauge("system.filesystem.usage", "By", usage));
+                metrics.push(gauge("system.filesystem.utilization", "1", util));
+            }
+        }
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(skein_otlp::proto::resource::v1::Resource::default()),
@@ -255,6 +337,14 @@ mod tests {
         let net = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets errs drop fifo colls carrier compressed\n    lo: 10 1 0 0 0 0 0 0 10 1 0 0 0 0 0 0\n  eth0: 1000 10 1 2 0 0 0 0 2000 20 3 4 0 0 0 0\n";
         assert_eq!(parse_net_dev(net), vec![NetDev { name: "eth0".into(), rx: [1000, 10, 1, 2], tx: [2000, 20, 3, 4] }]);
         let disks = "   8       0 sda 100 0 10 0 50 0 20 0 0 0 0\n   8       1 sda1 90 0 9 0 40 0 18 0 0 0 0\n   7       0 loop0 1 0 2 0 0 0 0 0 0 0 0\n 259 0 nvme0n1 1 0 4 0 1 0 8 0 0 0 0\n 259 1 nvme0n1p1 1 0 4 0 1 0 8 0 0 0 0\n";
+        let mounts = "proc /proc proc rw 0 0\n/dev/vda1 / ext4 rw 0 0\ntmpfs /run tmpfs rw 0 0\n/dev/vda1 /var/lib/x ext4 rw 0 0\n/dev/vdb /mnt/my\\040disk xfs rw 0 0\n";
+        assert_eq!(
+            parse_mounts(mounts),
+            vec![
+                Mount { device: "/dev/vda1".into(), mountpoint: "/".into(), fs_type: "ext4".into() },
+                Mount { device: "/dev/vdb".into(), mountpoint: "/mnt/my disk".into(), fs_type: "xfs".into() },
+            ]
+        );
         assert_eq!(parse_diskstats(disks), vec![("sda".to_string(), 10 * 512, 20 * 512), ("nvme0n1".to_string(), 4 * 512, 8 * 512)]);
     }
 
@@ -266,7 +356,7 @@ mod tests {
             r.resource_metrics[0].scope_metrics[0].metrics.iter().map(|m| m.name.clone()).collect()
         };
         let n1 = names(&first);
-        for want in ["system.cpu.time", "system.memory.usage", "system.cpu.load_average.1m", "system.process.count", "system.uptime"] {
+        for want in ["system.cpu.time", "system.memory.usage", "system.filesystem.usage", "system.cpu.load_average.1m", "system.process.count", "system.uptime"] {
             assert!(n1.iter().any(|n| n == want), "{want} missing from {n1:?}");
         }
         assert!(!n1.iter().any(|n| n == "system.cpu.utilization"), "no utilisation before a second sample");
@@ -275,6 +365,27 @@ mod tests {
         let limit = first.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "system.memory.limit").unwrap();
         let Some(Data::Gauge(g)) = &limit.data else { panic!("limit is a gauge") };
         assert_eq!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(total)));
+        // the root file system's used bytes agree with df's (within 1 % and 64 MiB: files change)
+        let df = std::process::Command::new("df").args(["-B1", "--output=used", "/"]).output().unwrap();
+        let df_used: f64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        let fs = first.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == "system.filesystem.usage").unwrap();
+        let Some(Data::Gauge(g)) = &fs.data else { panic!("usage is a gauge") };
+        let attr = |p: &NumberDataPoint, k: &str| {
+            p.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                skein_otlp::proto::common::v1::any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        let used = g
+            .data_points
+            .iter()
+            .find(|p| attr(p, "system.filesystem.mountpoint").as_deref() == Some("/") && attr(p, "system.filesystem.state").as_deref() == Some("used"))
+            .and_then(|p| match p.value {
+                Some(number_data_point::Value::AsDouble(v)) => Some(v),
+                _ => None,
+            })
+            .expect("a used point for /");
+        assert!((used - df_used).abs() < (df_used * 0.01).max(64.0 * 1024.0 * 1024.0), "statvfs {used} vs df {df_used}");
         // spend a little CPU so the second sample has a delta, then utilisation sums to 1
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_millis(50) {
