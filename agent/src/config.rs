@@ -7,6 +7,7 @@ use skein_core::{ByteSize, Duration};
 use skein_exporter::ExporterConfig;
 use skein_sources::enrich::NodeConfig;
 use skein_sources::file_tail::FileTailConfig;
+use skein_sources::prom_scrape::PromTarget;
 use std::path::PathBuf;
 
 /// Top-level agent configuration.
@@ -32,6 +33,8 @@ pub struct AgentConfig {
     pub host_metrics: HostMetricsConfig,
     /// Log files read as they grow.
     pub file_tail: FileTailConfig,
+    /// `[[prom_scrape]]`: local Prometheus endpoints forwarded as OTLP metrics.
+    pub prom_scrape: Vec<PromTarget>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -62,6 +65,7 @@ impl Default for AgentConfig {
             exporter: ExporterConfig::default(),
             host_metrics: HostMetricsConfig::default(),
             file_tail: FileTailConfig::default(),
+            prom_scrape: Vec::new(),
             log: LogConfig::default(),
         }
     }

@@ -80,6 +80,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         );
     }
     cfg.file_tail.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    for (i, t) in cfg.prom_scrape.iter().enumerate() {
+        t.validate(i).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    }
     Ok(cfg)
 }
 
@@ -201,6 +204,21 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         Some(tokio::spawn(skein_sources::file_tail::run(tailer, export, stop)))
     };
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let scrapers: Vec<_> = cfg
+        .prom_scrape
+        .iter()
+        .map(|target| {
+            let (ingest, stop) = (Arc::clone(&ingest), stop_rx.clone());
+            let export = move |req| {
+                let ingest = Arc::clone(&ingest);
+                async move {
+                    skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await.map(|_| ()).map_err(|e| e.message)
+                }
+            };
+            tokio::spawn(skein_sources::prom_scrape::Scraper::new(target.clone(), started).run(export, stop))
+        })
+        .collect();
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
@@ -217,7 +235,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Stop taking data first, then let the exporters drain.
     let _ = stop_rx_tx.send(true);
     let _ = tokio::join!(grpc, http);
-    for task in [reporter, host, tail].into_iter().flatten() {
+    for task in [reporter, host, tail].into_iter().flatten().chain(scrapers) {
         let _ = task.await;
     }
     let _ = stop_tx_tx.send(true);

@@ -12,4 +12,5 @@ pub mod enrich;
 pub mod file_tail;
 pub mod host_metrics;
 pub mod otlp;
+pub mod prom_scrape;
 pub mod wire;
