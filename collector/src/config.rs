@@ -22,6 +22,8 @@ pub struct CollectorConfig {
     pub head: HeadConfig,
     /// Blocks on the local disk or S3: flush, compaction, retention.
     pub storage: skein_storage::StorageConfig,
+    /// Alert rules, their evaluation interval and the webhook that hears of transitions.
+    pub alerts: skein_query::alerts::AlertsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -35,6 +37,7 @@ impl Default for CollectorConfig {
             wal: WalConfig::default(),
             head: HeadConfig::default(),
             storage: skein_storage::StorageConfig::default(),
+            alerts: skein_query::alerts::AlertsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -159,5 +162,7 @@ mod tests {
         assert_eq!(c.wal.sync, WalSync::Never);
         let e = skein_core::config::load::<CollectorConfig>(None, Vec::new(), "SKEIN_", &["otlp.max_body=1".into()]).unwrap_err();
         assert!(e.to_string().contains("max_body"), "{e}");
+        let c: CollectorConfig = skein_core::config::load(None, Vec::new(), "SKEIN_", &["alerts.interval=1m".into()]).unwrap();
+        assert_eq!(c.alerts.interval, Duration::secs(60));
     }
 }

@@ -5,12 +5,15 @@ use serde_json::Value;
 use skein_core::query::{LogQuery, MetricQuery, SearchParams, TraceOptions};
 use skein_core::{ErrorCode, TraceId};
 use skein_otlp::Signal;
+use skein_query::alerts::{AlertState, Evaluator};
 use skein_query::assemble::{AssembleOptions, assemble};
+use skein_query::engine::replica_lag::ReplicaLagQuery;
 use skein_query::engine::{Engine, QueryError, SqlLimits};
-use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, Ops, OtlpIngest, QueryService, SqlOutput};
+use skein_server::{ApiError, BoxFuture, Export, ExportOutcome, Ops, OtlpIngest, QueryService, SqlOutput, Webhook};
 use skein_storage::Store;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How long a client is told to wait when the head is full.
 const HEAD_FULL_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -22,17 +25,60 @@ pub struct Collector {
     sql_limits: SqlLimits,
     failed: OnceLock<String>,
     max_skew_ns: i64,
+    alerts: Evaluator,
+    webhook: Option<Arc<Webhook>>,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Collector {
-    pub fn new(cfg: &CollectorConfig) -> Self {
+    /// A collector whose alert rules are `alerts`; transitions go to `webhook` when there is one.
+    pub fn new(cfg: &CollectorConfig, alerts: Evaluator, webhook: Option<Arc<Webhook>>) -> Self {
         let max_skew_ns = i64::try_from(cfg.query.max_clock_skew_adjustment.0.as_nanos()).unwrap_or(i64::MAX);
         let sql_limits = SqlLimits {
             timeout: cfg.query.sql_timeout.into(),
             memory: usize::try_from(cfg.query.sql_memory_limit.bytes()).unwrap_or(usize::MAX),
             max_rows: cfg.query.sql_max_rows,
         };
-        Self { store: OnceLock::new(), engine: OnceLock::new(), sql_limits, failed: OnceLock::new(), max_skew_ns }
+        Self { store: OnceLock::new(), engine: OnceLock::new(), sql_limits, failed: OnceLock::new(), max_skew_ns, alerts, webhook }
+    }
+
+    /// Whether any alert rule is configured.
+    pub fn has_alert_rules(&self) -> bool {
+        !self.alerts.rules().is_empty()
+    }
+
+    /// Evaluates the alert rules every `interval` until `stop` turns true, logging each
+    /// transition and queueing it for the webhook. An evaluation gets the SQL time limit.
+    pub async fn run_alerts(self: Arc<Self>, interval: Duration, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|v| *v) => return,
+            }
+            let Ok(engine) = self.engine() else { continue };
+            let limit = self.sql_limits.timeout;
+            let Ok(transitions) = tokio::time::timeout(limit, self.alerts.evaluate(engine, now_ns())).await else {
+                tracing::warn!(
+                    limit_ms = limit.as_millis() as u64,
+                    "alert evaluation ran past its time limit (query.sql_timeout); alerts left as they were"
+                );
+                continue;
+            };
+            for a in transitions {
+                match a.state {
+                    AlertState::Firing => tracing::warn!(rule = %a.rule, labels = ?a.labels, message = %a.message, "alert firing"),
+                    AlertState::Resolved => tracing::info!(rule = %a.rule, labels = ?a.labels, "alert resolved"),
+                }
+                if let Some(w) = &self.webhook {
+                    w.send(serde_json::json!({"status": a.state, "alert": a}));
+                }
+            }
+        }
     }
 
     /// Marks the store as opened (WAL replayed): from now on the collector is ready.
@@ -178,6 +224,15 @@ impl QueryService for Collector {
         block_on(self.engine()?.nodes()).map_err(query_error)
     }
 
+    fn replica_lag(&self, start_ns: i64, end_ns: i64, step_ns: i64) -> Result<Vec<Value>, ApiError> {
+        let q = ReplicaLagQuery { start_ns, end_ns, step_ns };
+        block_on(self.engine()?.replica_lag(&q, now_ns())).map_err(query_error)?.iter().map(to_json).collect()
+    }
+
+    fn alerts(&self) -> Result<Vec<Value>, ApiError> {
+        self.alerts.alerts().iter().map(to_json).collect()
+    }
+
     fn jaeger_search(&self, q: &SearchParams) -> Result<Vec<Value>, ApiError> {
         let store = self.ready_store()?;
         let ids = self.matching(q)?;
@@ -209,6 +264,10 @@ impl Ops for Collector {
         skein_core::metrics::sample(out, "skein_ready", "", u8::from(self.store.get().is_some()));
         if let Some(s) = self.store.get() {
             s.render_metrics(out);
+        }
+        self.alerts.render_metrics(out);
+        if let Some(w) = &self.webhook {
+            w.render_metrics(out);
         }
     }
 }

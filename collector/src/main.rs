@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::Parser;
 use config::{CollectorConfig, WalSync};
 use handlers::Collector;
-use skein_server::ServerMetrics;
+use skein_query::alerts::Evaluator;
 use skein_server::process::{
     Command, ConfigArgs, bind, check_socket_addrs, main_with, serve_otlp, shutdown_signal, wait_for_true, write_listen_file,
 };
+use skein_server::{ServerMetrics, Webhook, WebhookOptions};
 use skein_storage::{Store, StoreConfig};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -50,6 +51,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
         ("otlp.http_addr", &cfg.otlp.http_addr),
         ("query.addr", &cfg.query.addr),
     ])?;
+    cfg.alerts.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(cfg)
 }
 
@@ -67,7 +69,15 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     let (grpc_addr, http_addr, query_addr) = (grpc_l.local_addr()?, http_l.local_addr()?, query_l.local_addr()?);
     tracing::warn!("no authentication configured: running open and single-tenant");
 
-    let collector = Arc::new(Collector::new(&cfg));
+    let rules = cfg.alerts.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let webhook = match &cfg.alerts.webhook {
+        Some(w) => Some(
+            Webhook::new(WebhookOptions::new(&w.url, w.timeout.into()))
+                .map_err(|e| anyhow::anyhow!("invalid configuration: alerts.webhook: {e}"))?,
+        ),
+        None => None,
+    };
+    let collector = Arc::new(Collector::new(&cfg, Evaluator::new(rules), webhook.clone()));
     let metrics = Arc::new(ServerMetrics::default());
     let max_body = cfg.otlp.max_body_size.bytes() as usize;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -124,13 +134,17 @@ async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
         }
     };
 
+    let webhook_task = webhook.map(|w| tokio::spawn(w.run(shutdown_rx.clone())));
+    let alerts_task = collector
+        .has_alert_rules()
+        .then(|| tokio::spawn(Arc::clone(&collector).run_alerts(cfg.alerts.interval.into(), shutdown_rx.clone())));
     let demo_task = demo.then(|| tokio::spawn(demo::run(grpc_addr, shutdown_rx.clone())));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let [grpc, http] = otlp;
     let _ = tokio::join!(grpc, http, query);
-    if let Some(t) = demo_task {
+    for t in [demo_task, alerts_task, webhook_task].into_iter().flatten() {
         let _ = t.await;
     }
     let _ = maintenance.await;

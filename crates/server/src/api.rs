@@ -42,6 +42,8 @@ pub(crate) fn router(query: Arc<dyn QueryService>, metrics: Arc<ServerMetrics>) 
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/metrics", get(metric_series))
         .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/replica-lag", get(replica_lag))
+        .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/traces", get(search))
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/operations", get(operations))
@@ -106,6 +108,24 @@ async fn metric_series(State(st): State<QState>, RawQuery(raw): RawQuery) -> Res
 async fn nodes(State(st): State<QState>) -> Result<Json<Value>, ApiError> {
     let nodes = blocking(&st, "nodes", |q| q.nodes()).await?;
     Ok(Json(json!({ "nodes": nodes })))
+}
+
+/// `GET /api/v1/replica-lag?start=&end=&step=`.
+async fn replica_lag(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let w = params::replica_lag(&Params::parse(raw.as_deref()), now_ns())?;
+    let replicas = blocking(&st, "replica_lag", move |q| q.replica_lag(w.start_ns, w.end_ns, w.step_ns)).await?;
+    Ok(Json(json!({
+        "replicas": replicas,
+        "start_unix_nano": w.start_ns,
+        "end_unix_nano": w.end_ns,
+        "step_ns": w.step_ns,
+    })))
+}
+
+/// `GET /api/v1/alerts`: firing alerts, then recently resolved ones.
+async fn alerts(State(st): State<QState>) -> Result<Json<Value>, ApiError> {
+    let alerts = blocking(&st, "alerts", |q| q.alerts()).await?;
+    Ok(Json(json!({ "alerts": alerts })))
 }
 
 async fn search(State(st): State<QState>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {

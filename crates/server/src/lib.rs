@@ -1,5 +1,5 @@
 //! The collector's network front: OTLP ingest over gRPC and HTTP, the native query API, the
-//! Jaeger query API and the operational endpoints.
+//! Jaeger query API, the operational endpoints, and the alert webhook client.
 //!
 //! This crate knows HTTP, gRPC and OTLP status semantics, and nothing about storage: it talks
 //! to the engine through the traits below, which the collector binary implements over the
@@ -14,12 +14,14 @@ mod jaeger;
 mod ops;
 mod params;
 pub mod process;
+mod webhook;
 
 pub use error::ApiError;
 pub use grpc::{OtlpGrpcService, grpc_logs_service, grpc_metrics_service, grpc_trace_service};
 pub use ingest::otlp_http_router;
 pub use ops::ServerMetrics;
 pub use params::parse_go_duration;
+pub use webhook::{Webhook, WebhookOptions, WebhookStats};
 
 /// The media type of Arrow IPC streams.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -144,6 +146,17 @@ pub trait QueryService: Send + Sync + 'static {
     /// # Errors
     /// Engine failures.
     fn nodes(&self) -> Result<Vec<Value>, ApiError>;
+    /// The lag of every replica reporting within `[start_ns, end_ns]`, with a series of the
+    /// largest lag per `step_ns` (`GET /api/v1/replica-lag`).
+    ///
+    /// # Errors
+    /// `BadRequest` for too many steps; engine failures.
+    fn replica_lag(&self, start_ns: i64, end_ns: i64, step_ns: i64) -> Result<Vec<Value>, ApiError>;
+    /// Firing alerts, then recently resolved ones (`GET /api/v1/alerts`).
+    ///
+    /// # Errors
+    /// None from the collector; the signature leaves room for a remote evaluator.
+    fn alerts(&self) -> Result<Vec<Value>, ApiError>;
 }
 
 /// The answer of a SQL query.

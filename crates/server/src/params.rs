@@ -220,6 +220,54 @@ pub fn metric_query(p: &Params, now_ns: i64) -> Result<skein_core::query::Metric
     Ok(skein_core::query::MetricQuery { name: name.to_string(), node: p.get("node").map(str::to_string), start_ns, end_ns, step_ns, agg })
 }
 
+/// Default window of a replica-lag query: the last hour.
+pub const REPLICA_LAG_DEFAULT_WINDOW_NS: i64 = 3600 * 1_000_000_000;
+/// Smallest default step of a replica-lag series.
+pub const REPLICA_LAG_MIN_STEP_NS: i64 = 60 * 1_000_000_000;
+/// Buckets of a replica-lag series at most when `step` is not given.
+pub const REPLICA_LAG_DEFAULT_BUCKETS: i64 = 300;
+/// Buckets of a replica-lag series at most when `step` is given (as for metric series).
+pub const REPLICA_LAG_MAX_BUCKETS: i64 = 11_000;
+
+/// The window of a replica-lag query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagWindow {
+    /// Window start (Unix ns).
+    pub start_ns: i64,
+    /// Window end (Unix ns).
+    pub end_ns: i64,
+    /// Bucket width of the series (ns).
+    pub step_ns: i64,
+}
+
+/// Replica lag: `start`, `end` (Unix ns; default the last hour), `step` (a Go duration or ns;
+/// default one minute, or longer so that the window has at most
+/// [`REPLICA_LAG_DEFAULT_BUCKETS`] steps).
+pub fn replica_lag(p: &Params, now_ns: i64) -> Result<LagWindow, ApiError> {
+    p.only(&["start", "end", "step"])?;
+    let end_ns = p.int_in("end", "Unix ns")?.unwrap_or(now_ns);
+    let start_ns = p.int_in("start", "Unix ns")?.unwrap_or(end_ns.saturating_sub(REPLICA_LAG_DEFAULT_WINDOW_NS));
+    if end_ns < start_ns {
+        return Err(ApiError::bad_request(format!("parameter end={end_ns} is before start={start_ns} (Unix ns)")));
+    }
+    let window = end_ns.saturating_sub(start_ns);
+    let step_ns = match p.get("step") {
+        Some(v) => native_duration("step", v)?,
+        None => REPLICA_LAG_MIN_STEP_NS.max(window / REPLICA_LAG_DEFAULT_BUCKETS + 1),
+    };
+    if step_ns <= 0 {
+        return Err(ApiError::bad_request(format!("parameter step={:?} must be positive", p.get("step").unwrap_or_default())));
+    }
+    let buckets = window / step_ns + 1;
+    if buckets > REPLICA_LAG_MAX_BUCKETS {
+        return Err(ApiError::bad_request(format!(
+            "parameter step={:?} makes {buckets} steps in the window; at most {REPLICA_LAG_MAX_BUCKETS} are allowed: use a larger step or a shorter window",
+            p.get("step").unwrap_or_default()
+        )));
+    }
+    Ok(LagWindow { start_ns, end_ns, step_ns })
+}
+
 /// Span kind by lowercase name, or a 400 naming the parameter.
 pub fn span_kind(key: &str, v: &str) -> Result<i8, ApiError> {
     skein_core::query::span_kind_from_name(v)
@@ -335,6 +383,31 @@ mod tests {
         assert_eq!(e.code.http_status(), 400);
         assert!(jaeger_search(&Params::parse(Some("operation=x")), 0).unwrap_err().message.contains("service"));
         assert!(jaeger_search(&Params::parse(Some("service=a&tag=nocolon")), 0).unwrap_err().message.contains("tag"));
+    }
+
+    #[test]
+    fn replica_lag_params() {
+        const H: i64 = 3600 * 1_000_000_000;
+        let w = replica_lag(&Params::parse(None), 10 * H).unwrap();
+        assert_eq!(w, LagWindow { start_ns: 9 * H, end_ns: 10 * H, step_ns: 60_000_000_000 });
+        // a day by default steps so that there are at most 300 buckets
+        let w = replica_lag(&Params::parse(Some(&format!("start=0&end={}", 24 * H))), 0).unwrap();
+        assert!(w.step_ns > 60_000_000_000 && 24 * H / w.step_ns < REPLICA_LAG_DEFAULT_BUCKETS, "{w:?}");
+        let w = replica_lag(&Params::parse(Some("start=0&end=100&step=10")), 0).unwrap();
+        assert_eq!(w.step_ns, 10);
+        assert_eq!(replica_lag(&Params::parse(Some("step=5m")), H).unwrap().step_ns, 300_000_000_000);
+        for (q, want) in [
+            ("start=soon", "parameter start=\"soon\" is not an integer (Unix ns)"),
+            ("start=10&end=5", "end=5 is before start=10"),
+            ("step=0s", "step=\"0s\" must be positive"),
+            ("step=fast", "parameter step: invalid duration \"fast\""),
+            ("step=1ms", "at most 11000"),
+            ("replica=db-2", "unknown parameter \"replica\""),
+        ] {
+            let e = replica_lag(&Params::parse(Some(q)), H).unwrap_err();
+            assert_eq!(e.code.http_status(), 400);
+            assert!(e.message.contains(want), "{q}: {}", e.message);
+        }
     }
 
     #[test]

@@ -75,6 +75,12 @@ impl QueryService for FakeQuery {
     fn nodes(&self) -> Result<Vec<Value>, ApiError> {
         Ok(vec![serde_json::json!({"node": "web-1"})])
     }
+    fn replica_lag(&self, start_ns: i64, end_ns: i64, step_ns: i64) -> Result<Vec<Value>, ApiError> {
+        Ok(vec![serde_json::json!({"replica": "db-2", "window": [start_ns, end_ns, step_ns]})])
+    }
+    fn alerts(&self) -> Result<Vec<Value>, ApiError> {
+        Ok(vec![serde_json::json!({"rule": "lag", "state": "firing"})])
+    }
     fn dependencies(&self, start_ns: i64, end_ns: i64) -> Result<Vec<skein_core::query::Dependency>, ApiError> {
         Ok(vec![skein_core::query::Dependency {
             parent: "web".into(),
@@ -317,4 +323,36 @@ async fn log_metric_and_node_routes_parse_their_parameters() {
     let (s, v) = get_json("/api/v1/nodes").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["nodes"][0]["node"], "web-1");
+}
+
+#[tokio::test]
+async fn replica_lag_and_alert_routes() {
+    let (s, v) = get_json("/api/v1/replica-lag?start=1000&end=61000&step=10us").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["replicas"][0]["window"], serde_json::json!([1000, 61000, 10_000]));
+    assert_eq!(
+        (v["start_unix_nano"].as_i64(), v["end_unix_nano"].as_i64(), v["step_ns"].as_i64()),
+        (Some(1000), Some(61000), Some(10_000))
+    );
+    // the default: the last hour in one-minute steps
+    let (s, v) = get_json("/api/v1/replica-lag").await;
+    assert_eq!(s, StatusCode::OK);
+    let w = &v["replicas"][0]["window"];
+    assert_eq!(w[1].as_i64().unwrap() - w[0].as_i64().unwrap(), 3600 * 1_000_000_000);
+    assert_eq!(w[2], 60_000_000_000i64);
+    for (uri, want) in [
+        ("/api/v1/replica-lag?start=yesterday", "parameter start=\"yesterday\" is not an integer"),
+        ("/api/v1/replica-lag?start=10&end=5", "end=5 is before start=10"),
+        ("/api/v1/replica-lag?step=-1s", "step=\"-1s\" must be positive"),
+        ("/api/v1/replica-lag?start=0&end=3600000000000&step=1ms", "at most 11000"),
+        ("/api/v1/replica-lag?replica=db-2", "unknown parameter \"replica\""),
+    ] {
+        let (s, v) = get_json(uri).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert!(v["error"]["message"].as_str().unwrap().contains(want), "{uri}: {v}");
+    }
+    let (s, v) = get_json("/api/v1/alerts").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v, serde_json::json!({"alerts": [{"rule": "lag", "state": "firing"}]}));
 }

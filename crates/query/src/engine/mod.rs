@@ -17,16 +17,20 @@
 //! table is registered, and `generate_series`/`range` are removed.
 
 mod json;
+pub mod replica_lag;
 mod search;
 pub mod signals;
+pub mod span_stats;
 pub mod table;
 
 pub use json::to_json;
 
 #[cfg(test)]
+mod replica_lag_tests;
+#[cfg(test)]
 mod signal_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

@@ -20,7 +20,7 @@ pub const AGENT_QUEUE_METRIC: &str = "skein.agent.queue.bytes";
 pub const MAX_BUCKETS: i64 = 11_000;
 
 /// A dictionary string column, or an internal error naming the column's type.
-fn dict(a: &arrow::array::ArrayRef) -> Result<skein_columnar::spans::DictStr<'_>, QueryError> {
+pub(super) fn dict(a: &arrow::array::ArrayRef) -> Result<skein_columnar::spans::DictStr<'_>, QueryError> {
     skein_columnar::spans::DictStr::try_new(a)
         .ok_or_else(|| QueryError::new(ErrorCode::Internal, format!("expected a dictionary column, got {}", a.data_type())))
 }

@@ -53,7 +53,7 @@ fn trace(t: u8, error: bool) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest { resource_spans: vec![rs("frontend", &format!("web-{t}"), vec![root]), rs("api", "api-1", vec![child])] }
 }
 
-pub(super) async fn open_store(dir: &std::path::Path) -> Arc<Store> {
+pub(crate) async fn open_store(dir: &std::path::Path) -> Arc<Store> {
     let cfg = skein_storage::StoreConfig {
         memory_limit: 1 << 30,
         limits: skein_otlp::Limits::default(),
