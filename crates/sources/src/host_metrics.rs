@@ -102,9 +102,33 @@ pub fn parse_diskstats(text: &str) -> Vec<(String, u64, u64)> {
 
 /// File system types that hold no user data (or only memory): left out of file system usage.
 const PSEUDO_FS: &[&str] = &[
-    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs", "tmpfs", "mqueue", "tracefs", "debugfs", "securityfs", "pstore",
-    "bpf", "autofs", "fusectl", "configfs", "binfmt_misc", "hugetlbfs", "nsfs", "rpc_pipefs", "ramfs", "efivarfs", "selinuxfs",
-    "squashfs", "nfsd", "fuse.lxcfs", "overlay_internal",
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "devtmpfs",
+    "tmpfs",
+    "mqueue",
+    "tracefs",
+    "debugfs",
+    "securityfs",
+    "pstore",
+    "bpf",
+    "autofs",
+    "fusectl",
+    "configfs",
+    "binfmt_misc",
+    "hugetlbfs",
+    "nsfs",
+    "rpc_pipefs",
+    "ramfs",
+    "efivarfs",
+    "selinuxfs",
+    "squashfs",
+    "nfsd",
+    "fuse.lxcfs",
+    "overlay_internal",
 ];
 
 /// One mount of `/proc/self/mounts`.
@@ -356,7 +380,14 @@ mod tests {
             r.resource_metrics[0].scope_metrics[0].metrics.iter().map(|m| m.name.clone()).collect()
         };
         let n1 = names(&first);
-        for want in ["system.cpu.time", "system.memory.usage", "system.filesystem.usage", "system.cpu.load_average.1m", "system.process.count", "system.uptime"] {
+        for want in [
+            "system.cpu.time",
+            "system.memory.usage",
+            "system.filesystem.usage",
+            "system.cpu.load_average.1m",
+            "system.process.count",
+            "system.uptime",
+        ] {
             assert!(n1.iter().any(|n| n == want), "{want} missing from {n1:?}");
         }
         assert!(!n1.iter().any(|n| n == "system.cpu.utilization"), "no utilisation before a second sample");
@@ -379,7 +410,10 @@ mod tests {
         let used = g
             .data_points
             .iter()
-            .find(|p| attr(p, "system.filesystem.mountpoint").as_deref() == Some("/") && attr(p, "system.filesystem.state").as_deref() == Some("used"))
+            .find(|p| {
+                attr(p, "system.filesystem.mountpoint").as_deref() == Some("/")
+                    && attr(p, "system.filesystem.state").as_deref() == Some("used")
+            })
             .and_then(|p| match p.value {
                 Some(number_data_point::Value::AsDouble(v)) => Some(v),
                 _ => None,

@@ -63,9 +63,9 @@ impl PromTarget {
     }
 
     fn instance(&self) -> String {
-        url::Url::parse(&self.url).ok().map_or_else(String::new, |u| {
-            format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
-        })
+        url::Url::parse(&self.url)
+            .ok()
+            .map_or_else(String::new, |u| format!("{}:{}", u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0)))
     }
 }
 
@@ -136,7 +136,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         loop {
             // skip separators
             while let Some(&(_, c)) = chars.peek() {
-                if c == ',' || c.is_whitespace() { chars.next(); } else { break; }
+                if c == ',' || c.is_whitespace() {
+                    chars.next();
+                } else {
+                    break;
+                }
             }
             match chars.peek() {
                 Some(&(i, '}')) => {
@@ -148,7 +152,9 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
             }
             let mut key = String::new();
             while let Some(&(_, c)) = chars.peek() {
-                if c == '=' { break; }
+                if c == '=' {
+                    break;
+                }
                 key.push(c);
                 chars.next();
             }
@@ -199,10 +205,10 @@ pub fn to_otlp(e: &Exposition, now: u64, start: u64) -> Vec<Metric> {
     // The family of a sample: `x_bucket`/`x_sum`/`x_count` belong to histogram or summary `x`.
     let family_of = |name: &str| -> (String, String) {
         for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                if let Some(t) = e.types.get(base).filter(|t| *t == "histogram" || *t == "summary") {
-                    return (base.to_string(), t.clone());
-                }
+            if let Some(base) = name.strip_suffix(suffix)
+                && let Some(t) = e.types.get(base).filter(|t| *t == "histogram" || *t == "summary")
+            {
+                return (base.to_string(), t.clone());
             }
         }
         (name.to_string(), e.types.get(name).cloned().unwrap_or_else(|| "untyped".into()))
@@ -212,10 +218,13 @@ pub fn to_otlp(e: &Exposition, now: u64, start: u64) -> Vec<Metric> {
     let mut fams: BTreeMap<String, (String, Vec<&Sample>)> = BTreeMap::new();
     for s in &e.samples {
         let (f, t) = family_of(&s.name);
-        fams.entry(f.clone()).or_insert_with(|| {
-            order.push(f);
-            (t, Vec::new())
-        }).1.push(s);
+        fams.entry(f.clone())
+            .or_insert_with(|| {
+                order.push(f);
+                (t, Vec::new())
+            })
+            .1
+            .push(s);
     }
     let mut out = Vec::new();
     for f in order {
@@ -234,7 +243,9 @@ pub fn to_otlp(e: &Exposition, now: u64, start: u64) -> Vec<Metric> {
                 aggregation_temporality: 2,
                 is_monotonic: true,
             }),
-            "histogram" => Data::Histogram(Histogram { data_points: histogram_points(&f, samples, &time, start), aggregation_temporality: 2 }),
+            "histogram" => {
+                Data::Histogram(Histogram { data_points: histogram_points(&f, samples, &time, start), aggregation_temporality: 2 })
+            }
             "summary" => Data::Summary(Summary { data_points: summary_points(&f, samples, &time, start) }),
             _ => Data::Gauge(Gauge { data_points: samples.iter().map(|s| number(s, 0)).collect() }),
         };
@@ -248,25 +259,33 @@ fn series_key(labels: &[(String, String)], skip: &str) -> Vec<(String, String)> 
     labels.iter().filter(|(k, _)| k != skip).cloned().collect()
 }
 
+/// One histogram series being gathered: `(le, cumulative count)` buckets, sum, count, time.
+#[derive(Default)]
+struct HistogramSeries {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+    time: u64,
+}
+
 fn histogram_points(f: &str, samples: &[&Sample], time: &dyn Fn(&Sample) -> u64, start: u64) -> Vec<HistogramDataPoint> {
-    let mut series: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, f64, f64, u64)> = BTreeMap::new();
+    let mut series: BTreeMap<Vec<(String, String)>, HistogramSeries> = BTreeMap::new();
     for s in samples {
-        let key = series_key(&s.labels, "le");
-        let e = series.entry(key).or_insert((Vec::new(), 0.0, 0.0, 0));
-        e.3 = e.3.max(time(s));
+        let e = series.entry(series_key(&s.labels, "le")).or_default();
+        e.time = e.time.max(time(s));
         if s.name == format!("{f}_bucket") {
             if let Some(le) = s.labels.iter().find(|(k, _)| k == "le").and_then(|(_, v)| parse_value(v).ok()) {
-                e.0.push((le, s.value));
+                e.buckets.push((le, s.value));
             }
         } else if s.name == format!("{f}_sum") {
-            e.1 = s.value;
+            e.sum = s.value;
         } else if s.name == format!("{f}_count") {
-            e.2 = s.value;
+            e.count = s.value;
         }
     }
     series
         .into_iter()
-        .map(|(labels, (mut buckets, sum, count, t))| {
+        .map(|(labels, HistogramSeries { mut buckets, sum, count, time: t })| {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             let bounds: Vec<f64> = buckets.iter().map(|b| b.0).filter(|b| b.is_finite()).collect();
             // cumulative `le` counts into per-bucket counts; the +Inf bucket is the count
@@ -449,7 +468,10 @@ untyped_thing NaN
         assert!(matches!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(v)) if v.is_nan()));
         // the result passes the agent's validation
         let mut req = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics { scope_metrics: vec![ScopeMetrics { metrics: m, ..Default::default() }], ..Default::default() }],
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: m, ..Default::default() }],
+                ..Default::default()
+            }],
         };
         let v = skein_otlp::validate_metrics(&mut req, &skein_otlp::Limits::default());
         assert_eq!(v.rejected, 0, "{}", v.message());

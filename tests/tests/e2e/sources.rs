@@ -12,11 +12,11 @@ use std::time::Duration;
 
 fn append(f: &mut std::fs::File, lines: impl IntoIterator<Item = String>) {
     let text: String = lines.into_iter().map(|l| l + "\n").collect();
-    f.write_all(text.as_bytes()).unwrap();
+    f.write_all(text.as_bytes()).expect("append to a log file");
 }
 
 fn open(path: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap()
+    std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open a log file")
 }
 
 fn seq_lines(file: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> + '_ {
@@ -144,10 +144,11 @@ async fn tailed_lines_arrive_once_in_order_through_rotation_and_kill_9_with_thei
 
 /// The agent's CPU time (user + system, in clock ticks) from `/proc/<pid>/stat`.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the agent's /proc/<pid>/stat");
+    let after = &stat[stat.rfind(')').expect("a comm field") + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    let ticks = |i: usize| f[i].parse::<u64>().expect("utime and stime");
+    ticks(11) + ticks(12)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,9 +355,21 @@ impl TailStats {
         m(out, "skein_agent_file_tail_read_bytes_total", "counter", "Bytes read from tailed files.", &self.bytes_read);
         m(out, "skein_agent_file_tail_records_total", "counter", "Log records made from tailed files.", &self.records);
         m(out, "skein_agent_file_tail_truncated_records_total", "counter", "Records cut at max_record_size.", &self.truncated_records);
-        m(out, "skein_agent_file_tail_truncations_total", "counter", "Files truncated or replaced, read again from the start.", &self.truncations);
+        m(
+            out,
+            "skein_agent_file_tail_truncations_total",
+            "counter",
+            "Files truncated or replaced, read again from the start.",
+            &self.truncations,
+        );
         m(out, "skein_agent_file_tail_rotations_total", "counter", "Files renamed away or deleted, read to their end.", &self.rotations);
-        m(out, "skein_agent_file_tail_skipped_files_total", "counter", "Matched files not tailed (max_files, open errors).", &self.skipped_files);
+        m(
+            out,
+            "skein_agent_file_tail_skipped_files_total",
+            "counter",
+            "Matched files not tailed (max_files, open errors).",
+            &self.skipped_files,
+        );
         m(out, "skein_agent_file_tail_checkpoint_errors_total", "counter", "Checkpoint writes that failed.", &self.checkpoint_errors);
     }
 }
@@ -391,10 +403,15 @@ impl Tailer {
         let checkpoint = dir.join("checkpoints.json");
         let (first_start, saved) = match std::fs::read(&checkpoint) {
             Ok(bytes) => {
-                let c: CheckpointFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("the file_tail checkpoint {} is unreadable ({e}); move it away to start over", checkpoint.display()))?;
+                let c: CheckpointFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    format!("the file_tail checkpoint {} is unreadable ({e}); move it away to start over", checkpoint.display())
+                })?;
                 if c.version != CHECKPOINT_VERSION {
-                    return Err(format!("the file_tail checkpoint {} has version {}, expected {CHECKPOINT_VERSION}", checkpoint.display(), c.version));
+                    return Err(format!(
+                        "the file_tail checkpoint {} has version {}, expected {CHECKPOINT_VERSION}",
+                        checkpoint.display(),
+                        c.version
+                    ));
                 }
                 (false, c.files.into_iter().map(|s| (s.key, s)).collect())
             }
@@ -503,10 +520,10 @@ impl Tailer {
                 if let Ok(m) = t.file.metadata() {
                     t.size = m.len();
                 }
-            } else if t.gone_since.is_some() {
-                if let Ok(m) = t.file.metadata() {
-                    t.size = m.len();
-                }
+            } else if t.gone_since.is_some()
+                && let Ok(m) = t.file.metadata()
+            {
+                t.size = m.len();
             }
         }
         if !self.polled {
@@ -586,11 +603,12 @@ impl Tailer {
             self.stats.truncations.inc();
             self.dirty = true;
         }
-        if t.fingerprint.len < FINGERPRINT_LEN && t.size > t.fingerprint.len {
-            if let Ok(f) = fingerprint(&t.file, t.size) {
-                t.fingerprint = f;
-                self.dirty = true;
-            }
+        if t.fingerprint.len < FINGERPRINT_LEN
+            && t.size > t.fingerprint.len
+            && let Ok(f) = fingerprint(&t.file, t.size)
+        {
+            t.fingerprint = f;
+            self.dirty = true;
         }
         let attrs = file_attributes(&t.path);
         if let Some(p) = t.pending {
@@ -674,12 +692,12 @@ impl Tailer {
     /// The batches of `keys` are queued: their files' offsets move past them.
     pub fn commit(&mut self, keys: &[FileKey]) {
         for k in keys {
-            if let Some(t) = self.files.get_mut(k) {
-                if let Some(p) = t.pending.take() {
-                    t.offset = p.to;
-                    t.pending_records = None;
-                    self.dirty = true;
-                }
+            if let Some(t) = self.files.get_mut(k)
+                && let Some(p) = t.pending.take()
+            {
+                t.offset = p.to;
+                t.pending_records = None;
+                self.dirty = true;
             }
         }
     }
@@ -764,10 +782,7 @@ fn file_attributes(path: &Path) -> Vec<KeyValue> {
 }
 
 fn make_records(parser: &LineParser, buf: &[u8], recs: &[Rec], observed: u64, attrs: &[KeyValue]) -> Vec<LogRecord> {
-    recs.iter()
-        .enumerate()
-        .map(|(i, r)| parser.parse(&buf[r.range.clone()]).into_record(observed + i as u64, attrs))
-        .collect()
+    recs.iter().enumerate().map(|(i, r)| parser.parse(&buf[r.range.clone()]).into_record(observed + i as u64, attrs)).collect()
 }
 
 /// One record's bytes in the buffer.

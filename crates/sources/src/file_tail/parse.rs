@@ -56,10 +56,10 @@ impl LineParser {
     pub fn parse(&self, line: &[u8]) -> Parsed {
         let text = String::from_utf8_lossy(line);
         let trimmed = text.trim_start();
-        if trimmed.starts_with('{') {
-            if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed) {
-                return self.parse_json(map, &text);
-            }
+        if trimmed.starts_with('{')
+            && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(trimmed)
+        {
+            return self.parse_json(map, &text);
         }
         self.parse_text(&text)
     }
@@ -78,10 +78,10 @@ impl LineParser {
         if let Some(t) = take(TIME_FIELDS).and_then(|v| time_of_value(&v)) {
             p.time = t;
         }
-        if let Some(id) = take(TRACE_FIELDS).and_then(|v| v.as_str().and_then(|s| hex_id::<16>(s))) {
+        if let Some(id) = take(TRACE_FIELDS).and_then(|v| v.as_str().and_then(hex_id::<16>)) {
             p.trace_id = id.to_vec();
         }
-        if let Some(id) = take(SPAN_FIELDS).and_then(|v| v.as_str().and_then(|s| hex_id::<8>(s))) {
+        if let Some(id) = take(SPAN_FIELDS).and_then(|v| v.as_str().and_then(hex_id::<8>)) {
             p.span_id = id.to_vec();
         }
         let mut correlation = None;
@@ -92,7 +92,7 @@ impl LineParser {
             }
         }
         if p.trace_id.is_empty() {
-            self.from_line(line, &mut p, &mut correlation);
+            self.ids_in_line(line, &mut p, &mut correlation);
         }
         if let Some(c) = correlation.filter(|c| !c.is_empty()) {
             p.attributes.push(kv("correlation_id", &c));
@@ -136,7 +136,7 @@ impl LineParser {
             }
         }
         let mut correlation = None;
-        self.from_line(line, &mut p, &mut correlation);
+        self.ids_in_line(line, &mut p, &mut correlation);
         if let Some(c) = correlation.filter(|c| !c.is_empty()) {
             p.attributes.push(kv("correlation_id", &c));
         }
@@ -145,46 +145,46 @@ impl LineParser {
 
     /// Trace context and correlation id from the words of a line: `key=value` / `key: value`
     /// pairs, a W3C `traceparent` anywhere, and the configured regex.
-    fn from_line(&self, line: &str, p: &mut Parsed, correlation: &mut Option<String>) {
+    fn ids_in_line(&self, line: &str, p: &mut Parsed, correlation: &mut Option<String>) {
         let pairs = key_values(line);
         let find = |names: &[&str]| pairs.iter().find(|(k, _)| names.iter().any(|n| n.eq_ignore_ascii_case(k))).map(|(_, v)| *v);
-        if p.trace_id.is_empty() {
-            if let Some(id) = find(TRACE_FIELDS).and_then(hex_id::<16>) {
-                p.trace_id = id.to_vec();
-            }
+        if p.trace_id.is_empty()
+            && let Some(id) = find(TRACE_FIELDS).and_then(hex_id::<16>)
+        {
+            p.trace_id = id.to_vec();
         }
-        if p.span_id.is_empty() {
-            if let Some(id) = find(SPAN_FIELDS).and_then(hex_id::<8>) {
-                p.span_id = id.to_vec();
-            }
+        if p.span_id.is_empty()
+            && let Some(id) = find(SPAN_FIELDS).and_then(hex_id::<8>)
+        {
+            p.span_id = id.to_vec();
         }
-        if p.trace_id.is_empty() {
-            if let Some((t, s)) = find_traceparent(line.as_bytes()) {
-                p.trace_id = t.to_vec();
-                if p.span_id.is_empty() {
-                    p.span_id = s.to_vec();
-                }
+        if p.trace_id.is_empty()
+            && let Some((t, s)) = find_traceparent(line.as_bytes())
+        {
+            p.trace_id = t.to_vec();
+            if p.span_id.is_empty() {
+                p.span_id = s.to_vec();
             }
         }
         if correlation.is_none() {
             let names: Vec<&str> = self.correlation_fields.iter().map(String::as_str).collect();
             *correlation = find(&names).map(str::to_string);
         }
-        if let Some(re) = &self.trace_regex {
-            if let Some(c) = re.captures(line) {
-                if p.trace_id.is_empty() {
-                    if let Some(id) = c.name("trace_id").and_then(|m| hex_id::<16>(m.as_str())) {
-                        p.trace_id = id.to_vec();
-                    }
-                }
-                if p.span_id.is_empty() {
-                    if let Some(id) = c.name("span_id").and_then(|m| hex_id::<8>(m.as_str())) {
-                        p.span_id = id.to_vec();
-                    }
-                }
-                if correlation.is_none() {
-                    *correlation = c.name("correlation_id").map(|m| m.as_str().to_string());
-                }
+        if let Some(re) = &self.trace_regex
+            && let Some(c) = re.captures(line)
+        {
+            if p.trace_id.is_empty()
+                && let Some(id) = c.name("trace_id").and_then(|m| hex_id::<16>(m.as_str()))
+            {
+                p.trace_id = id.to_vec();
+            }
+            if p.span_id.is_empty()
+                && let Some(id) = c.name("span_id").and_then(|m| hex_id::<8>(m.as_str()))
+            {
+                p.span_id = id.to_vec();
+            }
+            if correlation.is_none() {
+                *correlation = c.name("correlation_id").map(|m| m.as_str().to_string());
             }
         }
     }
@@ -359,7 +359,8 @@ fn epoch(x: f64) -> Option<u64> {
 /// UTC) into Unix nanoseconds.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(&b[r]).ok()?.parse().ok() };
@@ -425,10 +426,7 @@ mod tests {
     use super::*;
 
     fn parser() -> LineParser {
-        LineParser {
-            trace_regex: None,
-            correlation_fields: ["request_id", "correlation_id", "x-request-id"].map(String::from).to_vec(),
-        }
+        LineParser { trace_regex: None, correlation_fields: ["request_id", "correlation_id", "x-request-id"].map(String::from).to_vec() }
     }
 
     fn attr<'a>(p: &'a Parsed, k: &str) -> Option<&'a any_value::Value> {
@@ -479,7 +477,9 @@ mod tests {
     #[test]
     fn a_configured_regex_finds_ids() {
         let lp = LineParser {
-            trace_regex: Some(Regex::new(r"tid:(?P<trace_id>[0-9a-f]{32}) sid:(?P<span_id>[0-9a-f]{16}) cid:(?P<correlation_id>\S+)").unwrap()),
+            trace_regex: Some(
+                Regex::new(r"tid:(?P<trace_id>[0-9a-f]{32}) sid:(?P<span_id>[0-9a-f]{16}) cid:(?P<correlation_id>\S+)").unwrap(),
+            ),
             correlation_fields: vec![],
         };
         let p = lp.parse(b"tid:0af7651916cd43dd8448eb211c80319c sid:b7ad6b7169203331 cid:Z-1 hello");

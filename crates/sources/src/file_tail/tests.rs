@@ -144,7 +144,8 @@ fn start_at_end_on_the_first_start_only() {
     // a file that appeared while the agent was stopped is read from its start
     let other = dir.path().join("b.log");
     append(&other, "while stopped\n");
-    let c = FileTailConfig { inputs: vec![TailInput { include: vec![format!("{}/*.log", dir.path().display())], ..Default::default() }], ..c };
+    let c =
+        FileTailConfig { inputs: vec![TailInput { include: vec![format!("{}/*.log", dir.path().display())], ..Default::default() }], ..c };
     let mut t = Tailer::new(c, &ck).unwrap();
     assert_eq!(drain(&mut t), ["while stopped"]);
 }
