@@ -29,7 +29,15 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(identity: NodeIdentity, ingest: Arc<AgentIngest>, exporters: Vec<Arc<Exporter>>, metrics: Arc<ServerMetrics>) -> Self {
-        Self { identity, ingest, exporters, metrics, ready: AtomicBool::new(false), started: Instant::now(), tail: std::sync::OnceLock::new() }
+        Self {
+            identity,
+            ingest,
+            exporters,
+            metrics,
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            tail: std::sync::OnceLock::new(),
+        }
     }
 
     /// The file tailer's counters, shown on `/metrics`.

@@ -8,6 +8,7 @@ use skein_exporter::ExporterConfig;
 use skein_sources::enrich::NodeConfig;
 use skein_sources::file_tail::FileTailConfig;
 use skein_sources::prom_scrape::PromTarget;
+use skein_sources::replica_lag::ReplicaLagConfig;
 use std::path::PathBuf;
 
 /// Top-level agent configuration.
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub file_tail: FileTailConfig,
     /// `[[prom_scrape]]`: local Prometheus endpoints forwarded as OTLP metrics.
     pub prom_scrape: Vec<PromTarget>,
+    /// `[[replica_lag.probes]]`: PostgreSQL, MySQL/MariaDB and Redis replication probes.
+    pub replica_lag: ReplicaLagConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -66,6 +69,7 @@ impl Default for AgentConfig {
             host_metrics: HostMetricsConfig::default(),
             file_tail: FileTailConfig::default(),
             prom_scrape: Vec::new(),
+            replica_lag: ReplicaLagConfig::default(),
             log: LogConfig::default(),
         }
     }

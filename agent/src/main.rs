@@ -80,6 +80,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         );
     }
     cfg.file_tail.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    skein_sources::replica_lag::build(&cfg.replica_lag.probes).map_err(|e| anyhow::anyhow!("invalid configuration: replica_lag: {e}"))?;
     for (i, t) in cfg.prom_scrape.iter().enumerate() {
         t.validate(i).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     }
@@ -213,12 +214,16 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let export = move |req| {
                 let ingest = Arc::clone(&ingest);
                 async move {
-                    skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await.map(|_| ()).map_err(|e| e.message)
+                    skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.message)
                 }
             };
             tokio::spawn(skein_sources::prom_scrape::Scraper::new(target.clone(), started).run(export, stop))
         })
         .collect();
+    let lag = skein_sources::replica_lag::spawn(&cfg.replica_lag.probes, Arc::clone(&ingest), stop_rx.clone()).context("replica_lag")?;
     write_listen_file(&cfg.data_dir, &[("otlp_grpc", grpc_addr), ("otlp_http", http_addr), ("admin", admin_addr)])?;
     state.set_ready();
     tracing::info!(
@@ -235,7 +240,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Stop taking data first, then let the exporters drain.
     let _ = stop_rx_tx.send(true);
     let _ = tokio::join!(grpc, http);
-    for task in [reporter, host, tail].into_iter().flatten().chain(scrapers) {
+    for task in [reporter, host, tail, Some(lag)].into_iter().flatten().chain(scrapers) {
         let _ = task.await;
     }
     let _ = stop_tx_tx.send(true);

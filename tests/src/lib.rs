@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod collector;
+pub mod dbs;
 pub mod otlp;
 
 /// The sum of every sample of Prometheus metric `name` (all label sets) in exposition `text`;

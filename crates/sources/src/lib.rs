@@ -13,4 +13,5 @@ pub mod file_tail;
 pub mod host_metrics;
 pub mod otlp;
 pub mod prom_scrape;
+pub mod replica_lag;
 pub mod wire;

@@ -13,6 +13,7 @@ mod demo;
 mod durability;
 mod limits;
 mod python_sdk;
+mod replica_lag;
 mod sources;
 mod storage;
 mod support;
