@@ -6,7 +6,11 @@
 //! mixed in. Each node's spans of a trace go in a request of their own, as the agent on that node
 //! would send them, so the collector really assembles traces across nodes. Every SERVER span
 //! also gets an access log line (and every failed span an ERROR line) with its trace context,
-//! and each node reports `http.server.request.count` and `http.server.request.duration`. The traffic goes
+//! and each node reports `http.server.request.count` and `http.server.request.duration`. The
+//! agent on the replica (db-2) reports its replication lag behind db-1 every 5 s, as the agent's
+//! `replica_lag` probe would: near 0, with an episode every 3 minutes where replay falls 35 s
+//! behind and catches up (so `/api/v1/replica-lag` and a `replica_lag` alert rule have something
+//! to show). The traffic goes
 //! through the public gRPC port rather than into the storage directly, so the demo exercises
 //! and shows the same path that real agents use.
 
@@ -23,6 +27,8 @@ use tracing::{debug, info, warn};
 
 /// Time between two traces: about three per second.
 const TRACE_INTERVAL: Duration = Duration::from_millis(330);
+/// Time between two replica-lag reports.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest wait between two connection attempts or after a failed export.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -58,9 +64,17 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TRACE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
+    let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
+    lag_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = lag_tick.tick() => {
+                if let Err(status) = metrics.export(replica_lag(unix_nanos())).await {
+                    debug!(code = ?status.code(), message = status.message(), "demo: replica lag export failed");
+                }
+                continue;
+            }
             _ = stopped(&mut shutdown) => break,
         }
         for (node, request) in synth.next_requests(unix_nanos()) {
@@ -111,6 +125,37 @@ pub async fn run(otlp_grpc: SocketAddr, mut shutdown: watch::Receiver<bool>) {
         }
     }
     debug!("demo: stopped");
+}
+
+/// What the agent on db-2 would report at `now` about its replication from db-1: lag under
+/// 0.3 s, except from second 120 to 170 of every 3 minutes, when it climbs to 35 s (replay
+/// stalled, WAL arriving at 2 MB/s) before catching up.
+fn replica_lag(now: u64) -> skein_otlp::ExportMetricsServiceRequest {
+    use skein_otlp::synth::signals::{kv, metrics_request};
+    let phase = (now / 1_000_000_000) % 180;
+    let jitter = (now / 1_000_000 % 300) as f64 / 1000.0;
+    let lag = if (120..170).contains(&phase) { (phase - 120) as f64 * 0.7 + jitter } else { jitter };
+    let attrs = [
+        kv("db.system", "postgresql"),
+        kv("db.replication.primary", "db-1:5432"),
+        kv("db.replication.replica", "db-2:5432"),
+        kv("db.replication.state", "streaming"),
+    ];
+    let mut req = metrics_request("db-2", "db.replication.lag", false, &[(now, lag)], &attrs);
+    let bytes = metrics_request("db-2", "db.replication.lag_bytes", false, &[(now, (lag * 2e6).round())], &attrs);
+    let up = metrics_request(
+        "db-2",
+        "db.replication.up",
+        false,
+        &[(now, 1.0)],
+        &[kv("db.system", "postgresql"), kv("server.address", "db-2"), kv("server.port", "5432")],
+    );
+    for extra in [bytes, up] {
+        if let (Some(to), Some(from)) = (req.resource_metrics.first_mut(), extra.resource_metrics.into_iter().next()) {
+            to.scope_metrics.extend(from.scope_metrics);
+        }
+    }
+    req
 }
 
 /// Connects to `endpoint`, retrying with backoff; `None` when shut down first.

@@ -11,6 +11,10 @@
 //!   from protobuf (baseline: what any store pays to materialise them) vs `Head::trace`, and
 //!   vs `Head::trace` + full assembly.
 //!
+//! - agent sources (`--sources` runs only these): a `host_metrics` scrape vs reading the same
+//!   `/proc` files; a `file_tail` poll of 1,000 idle files vs `stat`ing their paths; parsing
+//!   JSON and text log lines into OTLP records vs `serde_json` parsing / splitting them alone.
+//!
 //! `cargo run --release -p skein-tests --features bench --bin microbench -- --head-spans 1000000`
 
 use clap::Parser;
@@ -32,6 +36,121 @@ struct Args {
     /// Trace lookups to time.
     #[arg(long, default_value_t = 2_000)]
     lookups: usize,
+    /// Only the agent sources' benchmarks.
+    #[arg(long)]
+    sources: bool,
+}
+
+/// Median of `runs` timings of `f`, per call, over `n` calls each.
+fn per_call(runs: usize, n: usize, mut f: impl FnMut()) -> Duration {
+    let mut v: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed() / n as u32
+        })
+        .collect();
+    pct(&mut v, 0.5)
+}
+
+fn sources_bench() -> anyhow::Result<()> {
+    use skein_sources::file_tail::{FileTailConfig, StartAt, TailInput, Tailer, parse::LineParser};
+    // host metrics: one scrape vs reading the files it reads
+    let mut sampler = skein_sources::host_metrics::Sampler::new("/", 1);
+    let files = ["/proc/stat", "/proc/meminfo", "/proc/loadavg", "/proc/uptime", "/proc/net/dev", "/proc/diskstats", "/proc/self/mounts"];
+    let read = per_call(9, 200, || {
+        for f in files {
+            std::hint::black_box(std::fs::read_to_string(f).ok());
+        }
+    });
+    let mut t = 1u64;
+    let scrape = per_call(9, 200, || {
+        t += 1;
+        std::hint::black_box(sampler.sample(t));
+    });
+    println!(
+        "host_metrics: scrape {:>7.1} µs  (reading its {} /proc files alone: {:.1} µs; {:.2}x)",
+        scrape.as_secs_f64() * 1e6,
+        files.len(),
+        read.as_secs_f64() * 1e6,
+        scrape.as_secs_f64() / read.as_secs_f64()
+    );
+    // file_tail: a poll of 1,000 idle files vs stat of their paths
+    let dir = tempfile::tempdir()?;
+    let mut paths = Vec::new();
+    for i in 0..1000 {
+        let p = dir.path().join(format!("f{i:04}.log"));
+        std::fs::write(&p, format!("line {i}\n"))?;
+        paths.push(p);
+    }
+    let cfg = FileTailConfig {
+        start_at: StartAt::Beginning,
+        inputs: vec![TailInput { include: vec![format!("{}/*.log", dir.path().display())], ..Default::default() }],
+        ..Default::default()
+    };
+    let mut tailer = Tailer::new(cfg, &dir.path().join("ckpt")).map_err(anyhow::Error::msg)?;
+    let first = tailer.poll();
+    let keys: Vec<_> = first.iter().map(|b| b.key).collect();
+    tailer.commit(&keys);
+    let stat = per_call(7, 20, || {
+        for p in &paths {
+            std::hint::black_box(std::fs::metadata(p).ok());
+        }
+    });
+    let poll = per_call(7, 20, || {
+        std::hint::black_box(tailer.poll());
+    });
+    println!(
+        "file_tail: poll of 1000 idle files {:>7.0} µs  (stat of their paths alone: {:.0} µs; {:.2}x); at a 500 ms poll: {:.2} % of a core",
+        poll.as_secs_f64() * 1e6,
+        stat.as_secs_f64() * 1e6,
+        poll.as_secs_f64() / stat.as_secs_f64(),
+        poll.as_secs_f64() / 0.5 * 100.0
+    );
+    // line parsing
+    let parser = LineParser { trace_regex: None, correlation_fields: TailInput::default().correlation_fields };
+    let json: Vec<String> = (0..10_000)
+        .map(|i| format!(r#"{{"ts":"2026-11-28T10:00:{:02}.5Z","level":"info","msg":"GET /cart/{i} 200","trace_id":"0af7651916cd43dd8448eb211c80{i:04x}","span_id":"b7ad6b716920{i:04x}","request_id":"r-{i}","user":{i},"ms":{}}}"#, i % 60, i % 97))
+        .collect();
+    let text: Vec<String> = (0..10_000)
+        .map(|i| format!("2026-11-28 10:00:{:02},500 INFO [http] GET /cart/{i} 200 in {} ms request_id=r-{i} traceparent=00-0af7651916cd43dd8448eb211c80{i:04x}-b7ad6b716920{i:04x}-01", i % 60, i % 97))
+        .collect();
+    let json_base = per_call(5, 1, || {
+        for l in &json {
+            std::hint::black_box(serde_json::from_str::<serde_json::Value>(l).ok());
+        }
+    });
+    let json_parse = per_call(5, 1, || {
+        for l in &json {
+            std::hint::black_box(parser.parse(l.as_bytes()).into_record(1, &[]));
+        }
+    });
+    let text_base = per_call(5, 1, || {
+        for l in &text {
+            std::hint::black_box(l.split_whitespace().count());
+        }
+    });
+    let text_parse = per_call(5, 1, || {
+        for l in &text {
+            std::hint::black_box(parser.parse(l.as_bytes()).into_record(1, &[]));
+        }
+    });
+    let rate = |d: Duration| 10_000.0 / d.as_secs_f64();
+    println!(
+        "file_tail JSON lines: {:>10.0} lines/s  (serde_json::Value parse alone: {:.0}/s; {:.2}x of it)",
+        rate(json_parse),
+        rate(json_base),
+        json_base.as_secs_f64() / json_parse.as_secs_f64()
+    );
+    println!(
+        "file_tail text lines: {:>10.0} lines/s  (splitting into words alone: {:.0}/s; {:.2}x of it)",
+        rate(text_parse),
+        rate(text_base),
+        text_base.as_secs_f64() / text_parse.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn spans_in(r: &ExportTraceServiceRequest) -> usize {
@@ -146,6 +265,10 @@ fn signals_bench(now: u64) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    sources_bench()?;
+    if args.sources {
+        return Ok(());
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let mut synth = Synth::new(SynthConfig::default());
     // One encoded request per trace (the lookup baseline), and requests of

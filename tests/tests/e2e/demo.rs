@@ -46,6 +46,19 @@ async fn demo_produces_cross_node_traces() {
     })
     .await
     .expect("the demo's nodes are listed");
+    // The replica's lag, as its agent's probe would report it.
+    let replica = wait_until(Duration::from_secs(30), "db-2 in the replica-lag list", || async {
+        let (status, v) = c.get_json("/api/v1/replica-lag").await?;
+        anyhow::ensure!(status == 200, "{v}");
+        Ok(v["replicas"].as_array().and_then(|r| r.iter().find(|r| r["replica"] == "db-2:5432").cloned()))
+    })
+    .await
+    .expect("the demo reports replica lag");
+    assert_eq!(
+        (replica["system"].as_str(), replica["primary"].as_str(), replica["state"].as_str()),
+        (Some("postgresql"), Some("db-1:5432"), Some("streaming")),
+        "{replica}"
+    );
     assert!(trace["services"].as_array().is_some_and(|s| s.len() >= 2), "{trace}");
 
     let services = wait_until(Duration::from_secs(60), "three demo services", || async {
