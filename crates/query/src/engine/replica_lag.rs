@@ -25,7 +25,7 @@
 //! point; `unreachable` when nothing was reported for [`STALE_AFTER_NS`] or three reporting
 //! intervals, whichever is longer; the latest `db.replication.state` reported; `streaming`.
 
-use super::signals::MAX_BUCKETS;
+use super::signals::check_window;
 use super::table::Part;
 use super::{Engine, QueryError, datafusion_error};
 use arrow::array::{Array, AsArray, MapArray};
@@ -193,18 +193,9 @@ impl Engine {
     ///
     /// # Errors
     /// `BadRequest` for a non-positive step, an end before the start, or more than
-    /// [`MAX_BUCKETS`] steps; engine failures.
+    /// [`super::signals::MAX_BUCKETS`] steps; engine failures.
     pub async fn replica_lag(&self, q: &ReplicaLagQuery, now_ns: i64) -> Result<Vec<ReplicaLag>, QueryError> {
-        if q.step_ns <= 0 || q.end_ns < q.start_ns {
-            return Err(QueryError::new(ErrorCode::BadRequest, "step must be positive and end not before start"));
-        }
-        let buckets = (q.end_ns - q.start_ns) / q.step_ns + 1;
-        if buckets > MAX_BUCKETS {
-            return Err(QueryError::new(
-                ErrorCode::BadRequest,
-                format!("{buckets} steps in the window; at most {MAX_BUCKETS} are allowed: use a larger step or a shorter window"),
-            ));
-        }
+        check_window(q.start_ns, q.end_ns, q.step_ns)?;
         let ctx = self.context(self.store.snapshot(), Part::All).await?;
         let names = [LAG_SECONDS, LAG_BYTES, UP].into_iter().chain(CONTRIB_METRICS).map(lit).collect();
         let ts = |v: i64| lit(ScalarValue::TimestampNanosecond(Some(v), Some("UTC".into())));

@@ -73,6 +73,24 @@ async fn collect(
         .map_err(datafusion_error)
 }
 
+/// A series window: a positive step, an end not before the start, at most [`MAX_BUCKETS`] steps.
+///
+/// # Errors
+/// `BadRequest` naming what is wrong.
+pub(super) fn check_window(start_ns: i64, end_ns: i64, step_ns: i64) -> Result<(), QueryError> {
+    if step_ns <= 0 || end_ns < start_ns {
+        return Err(QueryError::new(ErrorCode::BadRequest, "step must be positive and end not before start"));
+    }
+    let buckets = (end_ns - start_ns) / step_ns + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(QueryError::new(
+            ErrorCode::BadRequest,
+            format!("{buckets} steps in the window; at most {MAX_BUCKETS} are allowed: use a larger step or a shorter window"),
+        ));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Log records matching `q`, newest first (oldest first when `q.oldest_first`), each once.
     ///
@@ -128,16 +146,7 @@ impl Engine {
     /// # Errors
     /// `BadRequest` for a window of more than [`MAX_BUCKETS`] steps; engine failures.
     pub async fn metric_series(&self, q: &MetricQuery) -> Result<Json, QueryError> {
-        if q.step_ns <= 0 || q.end_ns < q.start_ns {
-            return Err(QueryError::new(ErrorCode::BadRequest, "step must be positive and end not before start"));
-        }
-        let buckets = (q.end_ns - q.start_ns) / q.step_ns + 1;
-        if buckets > MAX_BUCKETS {
-            return Err(QueryError::new(
-                ErrorCode::BadRequest,
-                format!("{buckets} steps in the window; at most {MAX_BUCKETS} are allowed: use a larger step or a shorter window"),
-            ));
-        }
+        check_window(q.start_ns, q.end_ns, q.step_ns)?;
         let ctx = self.context(self.store.snapshot(), super::table::Part::All).await?;
         let mut f = vec![col("name").eq(lit(q.name.as_str()))];
         if let Some(n) = &q.node {
