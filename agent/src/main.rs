@@ -244,8 +244,12 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let _ = task.await;
     }
     let _ = stop_tx_tx.send(true);
+    // A push in flight at the deadline may take up to `exporter.timeout`; no longer than that.
+    let hard_stop = tokio::time::Instant::now() + drain + cfg.exporter.timeout.0;
     for t in tasks {
-        let _ = t.await;
+        if tokio::time::timeout_at(hard_stop, t).await.is_err() {
+            tracing::warn!("an exporter was still pushing at the shutdown deadline; its records stay queued");
+        }
     }
     tracing::info!(records_left_in_queue = state.queued_records(), "stopped");
     let _ = admin.await;

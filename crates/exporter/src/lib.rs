@@ -349,8 +349,12 @@ impl Exporter {
                         self.ack(next).await;
                     }
                     self.stats.retries.inc();
-                    let delay = backoff(&self.cfg, attempt).max(after.unwrap_or_default());
+                    let mut delay = backoff(&self.cfg, attempt).max(after.unwrap_or_default());
                     attempt = attempt.saturating_add(1);
+                    // While draining, `shutdown` no longer changes: the deadline bounds the pause.
+                    if let Some(d) = drain_deadline {
+                        delay = delay.min(d.saturating_duration_since(Instant::now()));
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = shutdown.changed() => {}

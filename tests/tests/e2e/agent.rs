@@ -226,3 +226,20 @@ async fn sigterm_pushes_what_is_queued_before_exiting() {
     assert!(all_arrived(&collector, &sent).await, "the agent pushed its queue before exiting");
     assert!(agent.log().contains("records_left_in_queue=0"), "{}", agent.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_collector_down_exits_within_the_shutdown_timeout_and_keeps_the_queue() {
+    let port = free_port().unwrap();
+    let sets = [("shutdown_timeout", "2s"), ("exporter.retry_initial_delay", "1s")];
+    let mut agent = Agent::start(&[format!("http://127.0.0.1:{port}")], &sets).await.unwrap();
+    let (body, _) = app_trace(2);
+    assert_eq!(agent.post("traces", body).await.unwrap(), 200);
+    // Let the retries back off past the shutdown timeout (1 s, 2 s, 4 s, ...).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = std::time::Instant::now();
+    let status = agent.terminate(Duration::from_secs(20)).await.unwrap();
+    let took = t.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?} with shutdown_timeout = 2s:\n{}", agent.log());
+    assert!(!agent.log().contains("records_left_in_queue=0"), "the undelivered trace stays queued: {}", agent.log());
+}
