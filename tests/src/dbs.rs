@@ -236,6 +236,11 @@ impl RedisServers {
         }
     }
 
+    /// Process id of the `i`-th server started.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.children[i].id()
+    }
+
     /// Kills the `i`-th server started.
     pub fn stop(&mut self, i: usize) {
         let _ = self.children[i].kill();

@@ -369,4 +369,39 @@ async fn a_paused_replica_shows_its_lag_growing_in_the_api_and_alerts_until_it_c
     assert!(alerts(&collector, "replica behind", "firing").await.is_empty());
     stop_tx.send(true).unwrap();
     writes.await.unwrap();
+
+    // Redis: the replica process frozen (SIGSTOP) while the primary takes writes: the primary's
+    // probe sees its offset fall behind and its last acknowledgement age, the alert fires; thawed,
+    // it catches up and the alert resolves.
+    let signal = |sig: &str| run_ok(Command::new("kill").args([sig, &redis.pid(1).to_string()]), "kill");
+    signal("-STOP");
+    for i in 0..50 {
+        redis_cli(redis_primary, "", &["SET", &format!("k{i}"), &"v".repeat(1000)]);
+    }
+    let behind = wait_until(within, "the frozen Redis replica behind by bytes and seconds", || async {
+        lag_entry(&collector, "redis")
+            .await
+            .filter(|r| r["lag_bytes"].as_f64().is_some_and(|b| b > 0.0) && r["lag_seconds"].as_f64().is_some_and(|s| s > 3.0))
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    assert_eq!(behind["replica"], format!("127.0.0.1:{redis_replica}"), "{behind}");
+    wait_until(within, "the replica_lag alert firing for Redis", || async {
+        alerts(&collector, "replica behind", "firing").await.iter().any(|a| a["labels"]["system"] == "redis")
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    signal("-CONT");
+    wait_until(within, "the thawed Redis replica caught up", || async {
+        lag_entry(&collector, "redis")
+            .await
+            .filter(|r| r["lag_bytes"].as_f64() == Some(0.0) && r["lag_seconds"].as_f64().is_some_and(|s| s < 2.0))
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
+    wait_until(within, "the Redis alert resolved", || async {
+        alerts(&collector, "replica behind", "resolved").await.iter().any(|a| a["labels"]["system"] == "redis")
+    })
+    .await
+    .unwrap_or_else(|e| fail(e));
 }
