@@ -202,6 +202,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/skein-agent"));
         assert_eq!(c.admin.addr, "0.0.0.0:13133");
         assert_eq!(c.shutdown_timeout, Duration::secs(20));
+        assert_eq!(c.file_tail.inputs[0].include, vec!["/var/log/app/*.log".to_string()]);
+        c.file_tail.validate().unwrap();
         // the systemd unit runs the agent with a config file and its state directory
         let unit = std::fs::read_to_string(root.join("skein-agent.service")).unwrap();
         assert!(unit.contains("ExecStart=/usr/local/bin/skein-agent --config /etc/skein/agent.toml --data-dir /var/lib/skein-agent run"));
