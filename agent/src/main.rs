@@ -200,7 +200,13 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let export = move |req| {
             let ingest = Arc::clone(&ingest);
             async move {
-                skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Logs(req)).await.map(|_| ()).map_err(|e| e.message)
+                skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Logs(req)).await.map(|_| ()).map_err(|e| {
+                    use skein_sources::file_tail::ExportError;
+                    match e.code {
+                        skein_core::ErrorCode::BadRequest | skein_core::ErrorCode::PayloadTooLarge => ExportError::Refused(e.message),
+                        _ => ExportError::Retry(e.message),
+                    }
+                })
             }
         };
         Some(tokio::spawn(skein_sources::file_tail::run(tailer, export, stop)))

@@ -166,7 +166,12 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
                 match chars.next() {
                     Some((_, '\\')) => match chars.next() {
                         Some((_, 'n')) => value.push('\n'),
-                        Some((_, c)) => value.push(c),
+                        Some((_, c @ ('\\' | '"'))) => value.push(c),
+                        // Prometheus keeps an unknown escape as written
+                        Some((_, c)) => {
+                            value.push('\\');
+                            value.push(c);
+                        }
                         None => return Err("unterminated label value".into()),
                     },
                     Some((_, '"')) => break,
@@ -201,7 +206,7 @@ fn attrs(labels: &[(String, String)], skip: &str) -> Vec<KeyValue> {
 
 /// The OTLP metrics of one scrape taken at `now` (Unix ns); cumulative points start at `start`.
 pub fn to_otlp(e: &Exposition, now: u64, start: u64) -> Vec<Metric> {
-    let time = |s: &Sample| s.timestamp_ms.and_then(|ms| u64::try_from(ms).ok()).map_or(now, |ms| ms * 1_000_000);
+    let time = |s: &Sample| s.timestamp_ms.and_then(|ms| ms.checked_mul(1_000_000)).and_then(|ns| u64::try_from(ns).ok()).unwrap_or(now);
     // The family of a sample: `x_bucket`/`x_sum`/`x_count` belong to histogram or summary `x`.
     let family_of = |name: &str| -> (String, String) {
         for suffix in ["_bucket", "_sum", "_count"] {
@@ -297,6 +302,8 @@ fn histogram_points(f: &str, samples: &[&Sample], time: &dyn Fn(&Sample) -> u64,
                     prev = *c;
                 }
             }
+            // No `_count` line: the +Inf bucket is the count.
+            let count = if count > 0.0 { count } else { buckets.last().filter(|b| b.0.is_infinite()).map_or(prev, |b| b.1) };
             counts.push((count - prev).max(0.0) as u64);
             HistogramDataPoint {
                 time_unix_nano: t,
@@ -483,6 +490,11 @@ untyped_thing NaN
         assert!(parse("x{a=1} 2").unwrap_err().contains("bad label"));
         assert!(parse("x 1 notatime").unwrap_err().contains("bad timestamp"));
         assert!(parse("x abc").unwrap_err().contains("bad value"));
+        // a millisecond timestamp too large for nanoseconds is replaced by the scrape time
+        let m = to_otlp(&parse("foo 1 20000000000000").unwrap(), 7, 1);
+        let Some(Data::Gauge(g)) = &m[0].data else { panic!() };
+        assert_eq!(g.data_points[0].time_unix_nano, 7);
+        assert_eq!(parse(r#"p{path="C:\temp"} 1"#).unwrap().samples[0].labels[0].1, r"C:\temp");
         assert!(PromTarget { url: "ftp://x".into(), ..Default::default() }.validate(0).is_err());
     }
 

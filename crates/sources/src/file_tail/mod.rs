@@ -44,12 +44,16 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Bytes of a file's start that identify it beside its inode.
 const FINGERPRINT_LEN: u64 = 1024;
 /// The checkpoint file's format version.
 const CHECKPOINT_VERSION: u32 = 1;
+/// Most records made from one file in one poll (1 MiB of empty lines would otherwise be a
+/// million records, and one export request of hundreds of MB).
+const MAX_RECORDS_PER_FILE_POLL: usize = 8192;
 
 /// `[file_tail]`: where to read and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,12 +242,16 @@ fn fingerprint(file: &File, size: u64) -> std::io::Result<Fingerprint> {
 }
 
 /// A batch sent but not yet known to be queued: bytes `from..to`, observed at `observed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Pending {
     to: u64,
     observed: u64,
     /// The framing state the batch started with.
     skip: Skip,
+    /// The path the records name (`log.file.path`): a replay after the file was renamed must
+    /// still make the same records.
+    #[serde(default)]
+    path: Option<PathBuf>,
 }
 
 /// Framing state that must survive a restart.
@@ -287,7 +295,7 @@ struct Tracked {
     /// The batch `offset..pending.to` was sent and may or may not be queued.
     pending: Option<Pending>,
     /// The records of the pending batch, kept to send again (None after a restart: re-read).
-    pending_records: Option<Vec<LogRecord>>,
+    pending_records: Option<Arc<Vec<LogRecord>>>,
     /// Bytes read after the last batch, not yet a record (`buf_start..buf_start + buf.len()`).
     buf_start: u64,
     buf: Vec<u8>,
@@ -323,7 +331,7 @@ pub struct Batch {
     /// Index of its input.
     pub input: usize,
     /// Its records.
-    pub records: Vec<LogRecord>,
+    pub records: Arc<Vec<LogRecord>>,
 }
 
 /// Counters on the agent's `/metrics`.
@@ -345,6 +353,8 @@ pub struct TailStats {
     pub skipped_files: Counter,
     /// Checkpoint writes that failed.
     pub checkpoint_errors: Counter,
+    /// Records refused for good when queued (invalid), dropped.
+    pub refused_records: Counter,
 }
 
 impl TailStats {
@@ -371,6 +381,13 @@ impl TailStats {
             &self.skipped_files,
         );
         m(out, "skein_agent_file_tail_checkpoint_errors_total", "counter", "Checkpoint writes that failed.", &self.checkpoint_errors);
+        m(
+            out,
+            "skein_agent_file_tail_refused_records_total",
+            "counter",
+            "Records refused as invalid when queued, dropped.",
+            &self.refused_records,
+        );
     }
 }
 
@@ -386,6 +403,8 @@ pub struct Tailer {
     polled: bool,
     checkpoint: PathBuf,
     dirty: bool,
+    /// Polls so far (which file a poll starts with).
+    round: usize,
     /// Counters.
     pub stats: std::sync::Arc<TailStats>,
 }
@@ -427,6 +446,7 @@ impl Tailer {
             polled: false,
             checkpoint,
             dirty: false,
+            round: 0,
             stats: Default::default(),
         })
     }
@@ -444,7 +464,15 @@ impl Tailer {
         let mut out = Vec::new();
         // Files rotated away first: their last lines were written before the new file's.
         let mut keys: Vec<(bool, FileKey)> = self.files.iter().map(|(k, t)| (t.gone_since.is_none(), *k)).collect();
-        keys.sort_unstable_by_key(|(live, _)| *live);
+        keys.sort_unstable_by_key(|(live, k)| (*live, k.dev, k.ino));
+        // Start at another file each poll, so that busy files cannot starve the rest of the
+        // per-poll budget.
+        self.round = self.round.wrapping_add(1);
+        let gone = keys.iter().filter(|(live, _)| !live).count();
+        if keys.len() > gone {
+            let live_len = keys.len() - gone;
+            keys[gone..].rotate_left(self.round % live_len);
+        }
         // New bytes read per poll over all files, so one export request stays a few MiB.
         let mut budget = self.cfg.max_read_per_poll.bytes().saturating_mul(4);
         for (_, key) in keys {
@@ -501,6 +529,8 @@ impl Tailer {
                 continue;
             }
             match File::open(&path) {
+                // Renamed and replaced between the stat and the open: next poll.
+                Ok(file) if file.metadata().is_ok_and(|m| m.dev() != key.dev || m.ino() != key.ino) => {}
                 Ok(file) => {
                     let t = self.start_tracking(i, key, path, file, size, now);
                     self.files.insert(key, t);
@@ -593,6 +623,11 @@ impl Tailer {
         let flush_after = self.cfg.flush_after.0;
         let t = self.files.get_mut(&key)?;
         let input = &self.inputs[t.input];
+        // A batch sent but not known to be queued goes again first, as it was, even if the
+        // file was truncated meanwhile (its lines are not lost to the truncation).
+        if let (Some(_), Some(records)) = (&t.pending, &t.pending_records) {
+            return Some(Batch { key, input: t.input, records: Arc::clone(records) });
+        }
         // Truncated (copy-truncate), or replaced with other content of at least the same size.
         let mut changed = t.size < t.read_pos();
         if !changed && t.size != t.read_pos() && t.fingerprint.len > 0 {
@@ -610,33 +645,35 @@ impl Tailer {
             t.fingerprint = f;
             self.dirty = true;
         }
-        let attrs = file_attributes(&t.path);
-        if let Some(p) = t.pending {
-            // Send the pending batch again, from memory or (after a restart) from the file.
-            let records = match &t.pending_records {
-                Some(r) => r.clone(),
-                None => {
-                    let len = p.to.saturating_sub(t.offset);
-                    let mut bytes = vec![0u8; usize::try_from(len).ok()?];
-                    if p.to > t.size || t.file.read_exact_at(&mut bytes, t.offset).is_err() {
-                        // The file no longer holds the batch (rotated or truncated while the
-                        // agent was down): whatever was queued before the crash stands.
-                        t.pending = None;
-                        t.buf_start = t.offset;
-                        self.dirty = true;
-                        return None;
-                    }
-                    let mut framer = Framer { start: input.start.as_ref(), max: max_record, skip: p.skip };
-                    let (recs, _) = framer.frame(&bytes, true);
-                    let records = make_records(&input.parser, &bytes, &recs, p.observed, &attrs);
-                    t.skip = framer.skip;
-                    t.buf_start = p.to;
-                    t.pending_records = Some(records.clone());
-                    records
-                }
-            };
+        if let Some(p) = t.pending.clone() {
+            // After a restart: make the pending batch again from the file, byte for byte, with
+            // the path and observation time it had.
+            let len = p.to.saturating_sub(t.offset);
+            if p.to > t.size || len > self.cfg.max_read_per_poll.bytes() + self.cfg.max_record_size.bytes() {
+                // The file no longer holds the batch (rotated or truncated while the agent was
+                // down), or the checkpoint is damaged: whatever was queued before stands.
+                t.pending = None;
+                t.buf_start = t.offset;
+                self.dirty = true;
+                return None;
+            }
+            let mut bytes = vec![0u8; usize::try_from(len).ok()?];
+            if t.file.read_exact_at(&mut bytes, t.offset).is_err() {
+                t.pending = None;
+                t.buf_start = t.offset;
+                self.dirty = true;
+                return None;
+            }
+            let attrs = file_attributes(p.path.as_deref().unwrap_or(&t.path));
+            // The checkpointed framing state is the one after the batch: keep it.
+            let mut framer = Framer { start: input.start.as_ref(), max: max_record, max_records: usize::MAX, skip: p.skip };
+            let (recs, _) = framer.frame(&bytes, true);
+            let records = Arc::new(make_records(&input.parser, &bytes, &recs, p.observed, &attrs));
+            t.buf_start = p.to;
+            t.pending_records = Some(Arc::clone(&records));
             return Some(Batch { key, input: t.input, records });
         }
+        let attrs = file_attributes(&t.path);
         // Read what is new, up to the cap.
         let pos = t.read_pos();
         if t.size > pos {
@@ -665,14 +702,14 @@ impl Tailer {
         let quiet = now.duration_since(t.last_growth) >= flush_after;
         let flush = at_end && (quiet || t.gone_since.is_some_and(|g| now.duration_since(g) >= flush_after));
         let skip_before = t.skip;
-        let mut framer = Framer { start: input.start.as_ref(), max: max_record, skip: t.skip };
+        let mut framer = Framer { start: input.start.as_ref(), max: max_record, max_records: MAX_RECORDS_PER_FILE_POLL, skip: t.skip };
         let (recs, consumed) = framer.frame(&t.buf, flush);
         t.skip = framer.skip;
         if consumed == 0 {
             return None;
         }
         let observed = now_unix_ns();
-        let records = make_records(&input.parser, &t.buf, &recs, observed, &attrs);
+        let records = Arc::new(make_records(&input.parser, &t.buf, &recs, observed, &attrs));
         self.stats.records.add(records.len() as u64);
         self.stats.truncated_records.add(recs.iter().filter(|r| r.truncated).count() as u64);
         t.buf.drain(..consumed);
@@ -684,8 +721,8 @@ impl Tailer {
             t.offset = to;
             return None;
         }
-        t.pending = Some(Pending { to, observed, skip: skip_before });
-        t.pending_records = Some(records.clone());
+        t.pending = Some(Pending { to, observed, skip: skip_before, path: Some(t.path.clone()) });
+        t.pending_records = Some(Arc::clone(&records));
         Some(Batch { key, input: t.input, records })
     }
 
@@ -718,7 +755,7 @@ impl Tailer {
                 input: t.input,
                 fingerprint: t.fingerprint,
                 offset: t.offset,
-                pending: t.pending,
+                pending: t.pending.clone(),
                 skip: t.skip,
             })
             .collect();
@@ -742,7 +779,7 @@ impl Tailer {
         for b in batches {
             match per_input.iter_mut().find(|(i, _)| *i == b.input) {
                 Some((_, v)) => v.extend(b.records.iter().cloned()),
-                None => per_input.push((b.input, b.records.clone())),
+                None => per_input.push((b.input, b.records.as_ref().clone())),
             }
         }
         ExportLogsServiceRequest {
@@ -796,6 +833,8 @@ struct Rec {
 struct Framer<'a> {
     start: Option<&'a regex::bytes::Regex>,
     max: usize,
+    /// Stop after this many records (the rest stays in the buffer for the next poll).
+    max_records: usize,
     skip: Skip,
 }
 
@@ -817,6 +856,11 @@ impl Framer<'_> {
         // The multiline record being gathered: [start, end of its last line).
         let mut cur: Option<(usize, usize)> = None;
         while let Some(i) = buf[pos..].iter().position(|&b| b == b'\n') {
+            if out.len() >= self.max_records {
+                // `consumed` is the end of the last record (or the start of the one being
+                // gathered): the rest is framed again next time, from the same state.
+                return (out, consumed);
+            }
             let (line_end, next) = (pos + i, pos + i + 1);
             if self.skip.line {
                 self.skip.line = false;
@@ -854,8 +898,11 @@ impl Framer<'_> {
             }
             pos = next;
         }
+        let partial = buf.len() - pos;
         if let Some((s, e)) = cur {
-            if flush {
+            if flush || (partial > self.max && !self.skip.line) {
+                // Complete, or followed by an over-long partial line that is cut below: the
+                // record before it must not be lost with it.
                 out.push(self.rec(s, e));
                 consumed = pos;
             } else if e - s > self.max {
@@ -864,7 +911,6 @@ impl Framer<'_> {
                 consumed = pos;
             }
         }
-        let partial = buf.len() - pos;
         if self.skip.line {
             consumed = buf.len();
         } else if partial > self.max {
@@ -888,12 +934,23 @@ pub fn raise_open_file_limit() {
     }
 }
 
-/// Runs the tailer until `stop`: poll, checkpoint, queue through `export`, commit. An export
-/// that fails leaves the batches pending; they are sent again, unchanged, at the next poll.
+/// Why queueing a batch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportError {
+    /// It may work later (the queue is full or busy): the batch is sent again, unchanged.
+    Retry(String),
+    /// Refused for good (every record invalid): sending it again would refuse it again and
+    /// hold the file back forever, so it is dropped, counted and logged.
+    Refused(String),
+}
+
+/// Runs the tailer until `stop`: poll, checkpoint, queue through `export`, commit. A batch
+/// that could not be queued is sent again, unchanged, at the next poll; one refused for good
+/// is dropped (counted in `skein_agent_file_tail_refused_records_total`).
 pub async fn run<F, Fut>(tailer: Tailer, export: F, mut stop: tokio::sync::watch::Receiver<bool>)
 where
     F: Fn(ExportLogsServiceRequest) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), ExportError>>,
 {
     raise_open_file_limit();
     let every = tailer.cfg.poll_interval.0;
@@ -906,11 +963,12 @@ where
             let batches = t.poll();
             let saved = if !batches.is_empty() || t.dirty() { Some(t.save_checkpoint()) } else { None };
             let req = (!batches.is_empty()).then(|| t.request(&batches));
-            (batches.iter().map(|b| b.key).collect::<Vec<_>>(), saved, req)
+            let records: usize = batches.iter().map(|b| b.records.len()).sum();
+            (batches.iter().map(|b| b.key).collect::<Vec<_>>(), saved, req, records)
         })
         .await;
         match step {
-            Ok((keys, saved, req)) => {
+            Ok((keys, saved, req, records)) => {
                 let saved_ok = match saved {
                     Some(Err(e)) => {
                         stats.checkpoint_errors.inc();
@@ -922,7 +980,14 @@ where
                 if let (true, Some(req)) = (saved_ok, req) {
                     match export(req).await {
                         Ok(()) => tailer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).commit(&keys),
-                        Err(e) => tracing::warn!(error = %e, "queueing tailed log records failed; they are sent again at the next poll"),
+                        Err(ExportError::Retry(e)) => {
+                            tracing::warn!(error = %e, "queueing tailed log records failed; they are sent again at the next poll");
+                        }
+                        Err(ExportError::Refused(e)) => {
+                            stats.refused_records.add(records as u64);
+                            tracing::error!(error = %e, records, "tailed log records refused; dropping them");
+                            tailer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).commit(&keys);
+                        }
                     }
                 }
             }

@@ -352,7 +352,8 @@ fn epoch(x: f64) -> Option<u64> {
     } else {
         x
     };
-    (ns < 1.8e19).then_some(ns as u64)
+    // OTLP times are u64, but the collector keeps them as i64 nanoseconds (up to 2262).
+    (ns < i64::MAX as f64).then_some(ns as u64)
 }
 
 /// `2026-11-28T10:00:00Z`, `…T10:00:00.123456+01:00`, `…T10:00:00,123` (local time is taken as
@@ -363,7 +364,11 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(&b[r]).ok()?.parse().ok() };
+    // Digits only: no sign, so that `-1` is not an hour.
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = &b[r];
+        d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0i64, |n, c| n * 10 + i64::from(c - b'0')))
+    };
     let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
@@ -396,7 +401,8 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    let ns = ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000_000 + frac).checked_add(offset)?;
+    let secs = days.checked_mul(86_400)?.checked_add(h * 3600 + mi * 60 + sec)?;
+    let ns = secs.checked_mul(1_000_000_000)?.checked_add(frac)?.checked_add(offset)?;
     u64::try_from(ns).ok()
 }
 
@@ -494,5 +500,10 @@ mod tests {
         assert_eq!(parse_rfc3339("2000-03-01T00:00:00.000000001Z"), Some(951_868_800_000_000_001));
         assert_eq!(parse_rfc3339("2000-13-01T00:00:00Z"), None);
         assert_eq!(parse_rfc3339("hello"), None);
+        // past i64 nanoseconds (2262), and signed fields, are not times
+        assert_eq!(parse_rfc3339("2300-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2000-01-01T-1:00:00Z"), None);
+        let p = LineParser { trace_regex: None, correlation_fields: vec![] }.parse(br#"{"msg":"x","ts":10000000000}"#);
+        assert_eq!(p.time, 0, "1e10 s is past 2262");
     }
 }

@@ -39,7 +39,7 @@ fn append(path: &Path, text: &str) {
 
 #[test]
 fn framing_lines_multiline_partial_and_overlong() {
-    let mut f = Framer { start: None, max: 8, skip: Skip::default() };
+    let mut f = Framer { start: None, max: 8, max_records: usize::MAX, skip: Skip::default() };
     let (r, used) = f.frame(b"ab\r\ncd\nef", false);
     assert_eq!((r.iter().map(|r| r.range.clone()).collect::<Vec<_>>(), used), (vec![0..2, 4..6], 7));
     let (r, used) = f.frame(b"ef", true);
@@ -51,7 +51,7 @@ fn framing_lines_multiline_partial_and_overlong() {
     assert_eq!((r.len(), r[0].range.clone(), used, f.skip.line), (1, 4..6, 7, false));
 
     let re = regex::bytes::Regex::new(r"^\d").unwrap();
-    let mut f = Framer { start: Some(&re), max: 64, skip: Skip::default() };
+    let mut f = Framer { start: Some(&re), max: 64, max_records: usize::MAX, skip: Skip::default() };
     let text = b"1 start\n  at a\n  at b\n2 next\n  more\n";
     let (r, used) = f.frame(text, false);
     assert_eq!(r.len(), 1);
@@ -59,6 +59,17 @@ fn framing_lines_multiline_partial_and_overlong() {
     assert_eq!(used, 22, "the unfinished record stays in the buffer");
     let (r, used) = f.frame(&text[22..], true);
     assert_eq!((&text[22..][r[0].range.clone()], used), (&b"2 next\n  more"[..], 14));
+
+    // a record followed by an over-long partial continuation is not lost with it
+    let mut f = Framer { start: Some(&re), max: 16, max_records: usize::MAX, skip: Skip::default() };
+    let text = b"1 boom\n  xxxxxxxxxxxxxxxxxxxxxxxx";
+    let (r, used) = f.frame(text, false);
+    assert_eq!((r.len(), &text[r[0].range.clone()], used, f.skip.line), (2, &b"1 boom"[..], text.len(), true));
+
+    // at most max_records per call; the rest is framed next time
+    let mut f = Framer { start: None, max: 8, max_records: 2, skip: Skip::default() };
+    let (r, used) = f.frame(b"a\nb\nc\n", false);
+    assert_eq!((r.len(), used), (2, 4));
 }
 
 #[test]
@@ -111,6 +122,22 @@ fn a_restart_with_a_pending_batch_sends_the_same_records_then_goes_on() {
     assert!(drain(&mut t).is_empty());
     append(&log, "d\n");
     assert_eq!(drain(&mut t), ["d"]);
+}
+
+#[test]
+fn a_pending_batch_replayed_after_a_rename_makes_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, ck) = (dir.path().join("app.log"), dir.path().join("ckpt"));
+    append(&log, "a\nb\n");
+    let mut t = Tailer::new(cfg(&log), &ck).unwrap();
+    let first = t.poll();
+    t.save_checkpoint().unwrap();
+    drop(t);
+    std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+    let mut t = Tailer::new(cfg(&log), &ck).unwrap();
+    let again = t.poll();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].records, first[0].records, "same path attribute, same records");
 }
 
 #[test]
