@@ -247,10 +247,13 @@ pub fn replica_lag(p: &Params, now_ns: i64) -> Result<LagWindow, ApiError> {
     p.only(&["start", "end", "step"])?;
     let end_ns = p.int_in("end", "Unix ns")?.unwrap_or(now_ns);
     let start_ns = p.int_in("start", "Unix ns")?.unwrap_or(end_ns.saturating_sub(REPLICA_LAG_DEFAULT_WINDOW_NS));
+    if start_ns < 0 || end_ns < 0 {
+        return Err(ApiError::bad_request(format!("parameters start={start_ns} and end={end_ns} must not be negative (Unix ns)")));
+    }
     if end_ns < start_ns {
         return Err(ApiError::bad_request(format!("parameter end={end_ns} is before start={start_ns} (Unix ns)")));
     }
-    let window = end_ns.saturating_sub(start_ns);
+    let window = end_ns - start_ns;
     let step_ns = match p.get("step") {
         Some(v) => native_duration("step", v)?,
         None => REPLICA_LAG_MIN_STEP_NS.max(window / REPLICA_LAG_DEFAULT_BUCKETS + 1),

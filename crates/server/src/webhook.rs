@@ -65,6 +65,8 @@ pub struct WebhookStats {
 /// A webhook and its queue.
 pub struct Webhook {
     url: reqwest::Url,
+    /// The URL as logged: its password, if any, masked.
+    shown: String,
     client: reqwest::Client,
     opts: WebhookOptions,
     queue: Mutex<VecDeque<Value>>,
@@ -74,7 +76,7 @@ pub struct Webhook {
 
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Webhook").field("url", &self.url.as_str()).field("queued", &self.queued()).finish()
+        f.debug_struct("Webhook").field("url", &self.shown).field("queued", &self.queued()).finish()
     }
 }
 
@@ -94,7 +96,12 @@ impl Webhook {
             .user_agent(concat!("skein-collector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the webhook client: {e}"))?;
-        Ok(Arc::new(Self { url, client, opts, queue: Mutex::default(), wake: Notify::new(), stats: WebhookStats::default() }))
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let shown = shown.to_string();
+        Ok(Arc::new(Self { url, shown, client, opts, queue: Mutex::default(), wake: Notify::new(), stats: WebhookStats::default() }))
     }
 
     /// Queues `payload` for delivery without waiting; drops the oldest queued payload when
@@ -114,7 +121,7 @@ impl Webhook {
             tracing::warn!(
                 capacity = self.opts.queue_capacity,
                 dropped_total = self.stats.dropped.get(),
-                url = %self.url,
+                url = %self.shown,
                 "alert webhook queue full: dropped the oldest notification"
             );
         }
@@ -166,16 +173,16 @@ impl Webhook {
                     let status = resp.status();
                     if !(status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429) {
                         self.stats.failed.inc();
-                        tracing::warn!(status = status.as_u16(), url = %self.url, "alert webhook refused the notification; not retrying");
+                        tracing::warn!(status = status.as_u16(), url = %self.shown, "alert webhook refused the notification; not retrying");
                         return;
                     }
                     format!("status {status}")
                 }
-                Err(e) => e.to_string(),
+                Err(e) => e.without_url().to_string(),
             };
             if attempt == attempts {
                 self.stats.failed.inc();
-                tracing::warn!(attempts, error = %why, url = %self.url, "alert webhook failed; notification dropped");
+                tracing::warn!(attempts, error = %why, url = %self.shown, "alert webhook failed; notification dropped");
                 return;
             }
             self.stats.retries.inc();

@@ -81,6 +81,9 @@ struct Hit {
     labels: Labels,
     value: Option<f64>,
     message: String,
+    /// The condition cannot be judged now (a replica whose probe is unreachable): an alert
+    /// already pending or firing for these labels stays as it is; none is started.
+    unknown: bool,
 }
 
 /// An alert pending or firing.
@@ -144,8 +147,19 @@ impl Rule {
                 let start_ns = now_ns.saturating_sub(REPLICA_LOOKBACK_NS);
                 let q = ReplicaLagQuery { start_ns, end_ns: now_ns, step_ns: REPLICA_LOOKBACK_NS };
                 for r in engine.replica_lag(&q, now_ns).await? {
-                    // An unreachable replica has no current lag.
-                    let Some(lag) = r.lag_seconds.filter(|l| *l > *above_seconds && r.state != "unreachable") else { continue };
+                    // Labels without the primary: a replica whose WAL receiver is down reports none,
+                    // and that must not end one alert and start another.
+                    let labels = Labels::from([
+                        ("system".to_string(), r.system.clone()),
+                        ("replica".to_string(), r.replica.clone()),
+                        ("node".to_string(), r.node.clone()),
+                    ]);
+                    // An unreachable replica has no current lag: whatever was said of it stands.
+                    if r.state == "unreachable" {
+                        hits.push(Hit { labels, value: None, message: String::new(), unknown: true });
+                        continue;
+                    }
+                    let Some(lag) = r.lag_seconds.filter(|l| *l > *above_seconds) else { continue };
                     let of = if r.primary.is_empty() { String::new() } else { format!(" of {}", r.primary) };
                     let system = if r.system.is_empty() { "database" } else { r.system.as_str() };
                     let message = format!(
@@ -155,13 +169,7 @@ impl Rule {
                         human(lag * 1e9),
                         human(above_seconds * 1e9)
                     );
-                    let labels = Labels::from([
-                        ("system".to_string(), r.system),
-                        ("primary".to_string(), r.primary),
-                        ("replica".to_string(), r.replica),
-                        ("node".to_string(), r.node),
-                    ]);
-                    hits.push(Hit { labels, value: Some(lag), message });
+                    hits.push(Hit { labels, value: Some(lag), message, unknown: false });
                 }
             }
             Check::ErrorRate { service, above_percent, window_ns } => {
@@ -173,7 +181,12 @@ impl Rule {
                         s.requests,
                         human(*window_ns as f64)
                     );
-                    hits.push(Hit { labels: Labels::from([("service".to_string(), service.clone())]), value: Some(percent), message });
+                    hits.push(Hit {
+                        labels: Labels::from([("service".to_string(), service.clone())]),
+                        value: Some(percent),
+                        message,
+                        unknown: false,
+                    });
                 }
             }
             Check::LatencyP99 { service, operation, above_ns, window_ns } => {
@@ -192,7 +205,7 @@ impl Rule {
                         human(*window_ns as f64),
                         human(*above_ns as f64)
                     );
-                    hits.push(Hit { labels, value: Some(p99 / 1e9), message });
+                    hits.push(Hit { labels, value: Some(p99 / 1e9), message, unknown: false });
                 }
             }
             Check::NodeSilent { node, after_ns } => {
@@ -201,7 +214,7 @@ impl Rule {
                     && !nodes.iter().any(|(name, _)| name == n)
                 {
                     let message = format!("node {n} has never sent data");
-                    hits.push(Hit { labels: Labels::from([("node".to_string(), n.clone())]), value: None, message });
+                    hits.push(Hit { labels: Labels::from([("node".to_string(), n.clone())]), value: None, message, unknown: false });
                 }
                 for (name, last_seen) in nodes {
                     let silent = now_ns.saturating_sub(last_seen);
@@ -209,7 +222,12 @@ impl Rule {
                         continue;
                     }
                     let message = format!("node {name} has sent nothing for {}, above {}", human(silent as f64), human(*after_ns as f64));
-                    hits.push(Hit { labels: Labels::from([("node".to_string(), name)]), value: Some(silent as f64 / 1e9), message });
+                    hits.push(Hit {
+                        labels: Labels::from([("node".to_string(), name)]),
+                        value: Some(silent as f64 / 1e9),
+                        message,
+                        unknown: false,
+                    });
                 }
             }
         }
@@ -267,6 +285,12 @@ impl Evaluator {
             };
             let mut holding = HashSet::new();
             for hit in hits {
+                if hit.unknown {
+                    if st.active.contains_key(&(i, hit.labels.clone())) {
+                        holding.insert(hit.labels);
+                    }
+                    continue;
+                }
                 let a = st.active.entry((i, hit.labels.clone())).or_insert(Active {
                     pending_since: now_ns,
                     firing_since: None,

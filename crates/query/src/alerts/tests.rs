@@ -143,8 +143,8 @@ async fn replica_lag_is_pending_then_fires_after_for_then_resolves() {
         (a.rule.as_str(), a.kind, a.state, a.since, a.value, a.threshold),
         ("lag", "replica_lag", AlertState::Firing, T0 + 35 * S, Some(12.0), 5.0)
     );
-    assert_eq!(a.labels["replica"], "db-2");
-    assert_eq!(a.labels["primary"], "db-1");
+    assert_eq!((a.labels["replica"].as_str(), a.labels["node"].as_str()), ("db-2", "db-2"));
+    assert!(!a.labels.contains_key("primary"), "the primary is in the message, not the labels: {:?}", a.labels);
     assert!(a.message.contains("postgresql replica db-2 of db-1") && a.message.contains("12.0s"), "{}", a.message);
     assert!(ev.evaluate(&e, T0 + 36 * S).await.is_empty(), "still firing: no new transition");
     let mut m = String::new();
@@ -160,6 +160,21 @@ async fn replica_lag_is_pending_then_fires_after_for_then_resolves() {
     // resolved alerts are kept for a day
     assert!(ev.evaluate(&e, T0 + 41 * S + RESOLVED_RETENTION_NS + S).await.is_empty());
     assert!(ev.alerts().is_empty());
+}
+
+#[tokio::test]
+async fn a_firing_replica_alert_stands_while_its_replica_is_unreachable() {
+    let (_d, store) = store().await;
+    let attrs = [kv("db.system", "postgresql"), kv("db.replication.replica", "db-2")];
+    store.ingest_metrics(metrics_request("db-2", LAG_SECONDS, false, &[(T0 as u64, 12.0)], &attrs)).await.unwrap();
+    let e = engine(store);
+    let ev = rules("[[alerts.rules]]\nname = \"lag\"\nkind = \"replica_lag\"\nabove_seconds = 5\n");
+    assert_eq!(ev.evaluate(&e, T0 + S).await.len(), 1, "fires at once (for = 0s)");
+    // Nothing reported for 3 minutes: the replica is unreachable, its lag unknown; the alert
+    // neither resolves nor fires again.
+    assert!(ev.evaluate(&e, T0 + 180 * S).await.is_empty());
+    let listed = ev.alerts();
+    assert_eq!((listed.len(), listed[0].state, listed[0].since), (1, AlertState::Firing, T0 + S), "{listed:?}");
 }
 
 /// SERVER spans of `service` on `node`, starting `start` ns after T0 one second apart, one per

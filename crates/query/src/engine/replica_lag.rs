@@ -204,7 +204,8 @@ impl Engine {
             .await
             .and_then(|df| df.filter(col("name").in_list(names, false)))
             .and_then(|df| df.filter(col("time").gt_eq(ts(q.start_ns)).and(col("time").lt_eq(ts(q.end_ns)))))
-            .and_then(|df| df.sort(vec![col("time").sort(true, true)]))
+            // Newest first under the limit, so a window with more points loses its oldest.
+            .and_then(|df| df.sort(vec![col("time").sort(false, true)]))
             .and_then(|df| df.limit(0, Some(super::MAX_SERIES_POINTS)))
             .map_err(datafusion_error)?
             .collect()
@@ -213,7 +214,8 @@ impl Engine {
         let mut replicas: BTreeMap<Key, Points> = BTreeMap::new();
         let mut probes: BTreeMap<ProbeKey, Probe> = BTreeMap::new();
         let mut seen = HashSet::new();
-        for b in &batches {
+        // Read oldest first (the rows came newest first).
+        for b in batches.iter().rev() {
             let c = |name: &str| b.column_by_name(name).ok_or_else(|| QueryError::new(ErrorCode::Internal, format!("no column {name}")));
             let time = c("time")?.as_primitive::<TimestampNanosecondType>();
             let value = c("value")?.as_primitive::<Float64Type>();
@@ -229,7 +231,7 @@ impl Engine {
             let instances: Vec<Option<String>> = (0..resource_values.len())
                 .map(|i| instance(&skein_columnar::spans::resource_attributes(resource_values.value(i))))
                 .collect();
-            for r in 0..b.num_rows() {
+            for r in (0..b.num_rows()).rev() {
                 if !value.is_valid(r) || !seen.insert(fps.value(r)) {
                     continue;
                 }

@@ -81,8 +81,12 @@ pub(super) fn check_window(start_ns: i64, end_ns: i64, step_ns: i64) -> Result<(
     if step_ns <= 0 || end_ns < start_ns {
         return Err(QueryError::new(ErrorCode::BadRequest, "step must be positive and end not before start"));
     }
-    let buckets = (end_ns - start_ns) / step_ns + 1;
-    if buckets > MAX_BUCKETS {
+    if end_ns.checked_sub(start_ns).is_none() {
+        return Err(QueryError::new(ErrorCode::BadRequest, format!("the window from {start_ns} to {end_ns} (Unix ns) is too large")));
+    }
+    // i128: a window from a negative start to a large end does not fit an i64.
+    let buckets = (i128::from(end_ns) - i128::from(start_ns)) / i128::from(step_ns) + 1;
+    if buckets > i128::from(MAX_BUCKETS) {
         return Err(QueryError::new(
             ErrorCode::BadRequest,
             format!("{buckets} steps in the window; at most {MAX_BUCKETS} are allowed: use a larger step or a shorter window"),

@@ -213,7 +213,10 @@ pub(super) fn parse_url(dsn: &str, schemes: &[&str], default_port: u16) -> Resul
 /// `dsn` with its password replaced by `***` (URL or libpq key=value form).
 pub fn redact_dsn(dsn: &str) -> String {
     if let Some((scheme, rest)) = dsn.split_once("://") {
+        // The last `@` before the path; a password may itself hold `/` or `@`, so look up to
+        // the last `@` of all when the first `/` comes before it.
         let end = rest.find('/').unwrap_or(rest.len());
+        let end = rest.rfind('@').map_or(end, |at| end.max(at + 1));
         if let Some(at) = rest[..end].rfind('@')
             && let Some(colon) = rest[..at].find(':')
         {
@@ -297,6 +300,7 @@ mod tests {
         assert!(parse_url("http://h", &["redis"], 1).is_err());
         assert!(parse_url("redis://", &["redis"], 1).unwrap_err().contains("no host"));
         assert_eq!(redact_dsn("mysql://root:s3cret@h:3306/db"), "mysql://root:***@h:3306/db");
+        assert_eq!(redact_dsn("mysql://root:pa/ss@h:3306/db"), "mysql://root:***@h:3306/db", "a / in the password");
         assert_eq!(redact_dsn("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_dsn("host=h password = 'a b\\' c' user=u"), "host=h password=*** user=u");
         assert_eq!(redact_dsn("host=h password=x"), "host=h password=***");

@@ -33,11 +33,14 @@ fn scope() -> InstrumentationScope {
 
 /// Attributes of the probe itself (the `db.replication.up` point and the log records).
 fn probe_attrs(cfg: &ProbeConfig, host: &str, port: u16) -> Vec<KeyValue> {
-    let mut a = vec![kv("db.system", cfg.system.as_str()), kv("server.address", host), kv_int("server.port", i64::from(port))];
-    if let Some(n) = &cfg.name {
-        a.push(kv("skein.probe.name", n));
-    }
-    a
+    // Always named (the configured name, else `system:host:port`), so that the collector can
+    // tell two unnamed probes on one node apart.
+    vec![
+        kv("db.system", cfg.system.as_str()),
+        kv("server.address", host),
+        kv_int("server.port", i64::from(port)),
+        kv("skein.probe.name", &cfg.label()),
+    ]
 }
 
 /// The metrics of one check (see the module doc for names and attributes).
@@ -56,9 +59,7 @@ pub fn encode_metrics(cfg: &ProbeConfig, host: &str, port: u16, res: &Result<Sta
                 }
                 a.push(kv("db.replication.replica", &o.replica));
                 a.push(kv("db.replication.state", o.state.as_str()));
-                if let Some(n) = &cfg.name {
-                    a.push(kv("skein.probe.name", n));
-                }
+                a.push(kv("skein.probe.name", &cfg.label()));
                 if let Some(s) = o.lag_seconds {
                     lag.push(point(now, AsDouble(s), a.clone()));
                 }

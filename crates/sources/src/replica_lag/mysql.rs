@@ -232,10 +232,11 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, seq: &mut u8, budget: &mut
         r.read_exact(&mut head).await.map_err(|e| Failure::io(query, &e))?;
         let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
         *seq = head[3].wrapping_add(1);
-        if len > *budget {
+        // The header counts too, so that a stream of empty packets also runs out.
+        if len + 4 > *budget {
             return Err(Failure::Protocol { query, message: format!("the reply is over the limit of {MAX_REPLY_BYTES} bytes") });
         }
-        *budget -= len;
+        *budget -= len + 4;
         let start = out.len();
         out.resize(start + len, 0);
         r.read_exact(&mut out[start..]).await.map_err(|e| Failure::io(query, &e))?;
@@ -315,6 +316,9 @@ async fn read_result<R: AsyncRead + Unpin>(r: &mut R, query: &'static str) -> Re
     }
     let n = Cursor(&first).lenenc().map_err(proto)?.ok_or_else(|| proto("no column count".into()))?;
     let n = usize::try_from(n).unwrap_or(usize::MAX).min(4096);
+    if n == 0 {
+        return Err(proto("a result set of 0 columns".into()));
+    }
     let mut rs = ResultSet::default();
     for _ in 0..n {
         let p = read_packet(r, &mut seq, &mut budget, query).await?;

@@ -58,6 +58,8 @@ pub(super) struct Pg {
     config: Config,
     addr: String,
     client: Option<Client>,
+    /// The task driving the connection of `client`.
+    conn_task: Option<tokio::task::JoinHandle<()>>,
     /// What the current check waits for, named in a timeout.
     pub(super) stage: &'static str,
 }
@@ -70,12 +72,17 @@ impl Pg {
         }
         config.connect_timeout(timeout);
         let (h, p) = address(dsn)?;
-        Ok(Self { config, addr: host_port(&h, p), client: None, stage: "connect" })
+        Ok(Self { config, addr: host_port(&h, p), client: None, conn_task: None, stage: "connect" })
     }
 
-    /// Drops the connection; the next check opens a new one.
+    /// Drops the connection; the next check opens a new one. The connection task is aborted:
+    /// with a query still pending (a check that timed out) it would otherwise keep its socket
+    /// and server backend open, one more per timed-out check.
     pub(super) fn reset(&mut self) {
         self.client = None;
+        if let Some(task) = self.conn_task.take() {
+            task.abort();
+        }
     }
 
     async fn connect(&mut self) -> Result<(), Failure> {
@@ -94,11 +101,14 @@ impl Pg {
             })?;
             // The connection ends with an error when the server goes away; the client then
             // reports closed and the next check reconnects.
-            tokio::spawn(async move {
+            if let Some(old) = self.conn_task.take() {
+                old.abort();
+            }
+            self.conn_task = Some(tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "replica lag postgresql connection ended");
                 }
-            });
+            }));
             self.client = Some(client);
         }
         Ok(())
