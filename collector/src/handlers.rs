@@ -60,14 +60,29 @@ impl Collector {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|v| *v) => return,
             }
-            let Ok(engine) = self.engine() else { continue };
             let limit = self.sql_limits.timeout;
-            let Ok(transitions) = tokio::time::timeout(limit, self.alerts.evaluate(engine, now_ns())).await else {
-                tracing::warn!(
-                    limit_ms = limit.as_millis() as u64,
-                    "alert evaluation ran past its time limit (query.sql_timeout); alerts left as they were"
-                );
-                continue;
+            // On the blocking pool, like the API's queries: an evaluation over many rows must
+            // not hold one of the runtime's workers (which serve ingest).
+            let (this, handle) = (Arc::clone(&self), tokio::runtime::Handle::current());
+            let evaluated = tokio::task::spawn_blocking(move || {
+                let engine = this.engine().ok()?;
+                Some(handle.block_on(tokio::time::timeout(limit, this.alerts.evaluate(engine, now_ns()))))
+            })
+            .await;
+            let transitions = match evaluated {
+                Ok(Some(Ok(t))) => t,
+                Ok(None) => continue,
+                Ok(Some(Err(_))) => {
+                    tracing::warn!(
+                        limit_ms = limit.as_millis() as u64,
+                        "alert evaluation ran past its time limit (query.sql_timeout); alerts left as they were"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the alert evaluation task failed");
+                    continue;
+                }
             };
             for a in transitions {
                 match a.state {
