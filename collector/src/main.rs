@@ -61,7 +61,18 @@ fn main() -> std::process::ExitCode {
     main_with("skein-collector", load_config(&cli), cli.command, |c: &CollectorConfig| &c.log.level, None, move |cfg| run(cfg, demo))
 }
 
-async fn run(cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
+async fn run(mut cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
+    if demo && cfg.alerts.rules.is_empty() {
+        // Something for GET /api/v1/alerts to show: the demo's replica falls 35 s behind every
+        // 3 minutes.
+        cfg.alerts.rules.push(skein_query::alerts::RuleConfig {
+            name: "demo: replica behind".into(),
+            kind: "replica_lag".into(),
+            above_seconds: Some(10.0),
+            hold: Some(skein_core::Duration::secs(10)),
+            ..Default::default()
+        });
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let grpc_l = bind("otlp.grpc_addr", &cfg.otlp.grpc_addr).await?;
     let http_l = bind("otlp.http_addr", &cfg.otlp.http_addr).await?;

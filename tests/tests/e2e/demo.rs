@@ -59,6 +59,13 @@ async fn demo_produces_cross_node_traces() {
         (Some("postgresql"), Some("db-1:5432"), Some("streaming")),
         "{replica}"
     );
+    // The demo's alert rule on that replica is evaluated (it fires during the lag episodes).
+    wait_until(Duration::from_secs(60), "the demo's alert rule evaluated", || async {
+        let text = c.http().get(c.query_url("/metrics")).send().await?.text().await?;
+        Ok::<_, anyhow::Error>((skein_tests::metric_sum(&text, "skein_alert_evaluations_total") >= 1.0).then_some(()))
+    })
+    .await
+    .expect("the demo configures a replica_lag rule");
     assert!(trace["services"].as_array().is_some_and(|s| s.len() >= 2), "{trace}");
 
     let services = wait_until(Duration::from_secs(60), "three demo services", || async {
