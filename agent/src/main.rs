@@ -16,6 +16,7 @@ use skein_server::process::{
 };
 use skein_sources::enrich::NodeIdentity;
 use skein_sources::otlp::{AgentIngest, Destination};
+use skein_sources::otlp_build::now_unix_ns;
 use skein_wal::{Queue, QueueOptions, SyncPolicy};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,6 +101,35 @@ fn queue_dir(data_dir: &Path, endpoint: &str) -> PathBuf {
     data_dir.join("queue").join(name)
 }
 
+/// Queues `make(now)` every `every` until `stop` turns true, the first one at once when
+/// `at_start` (else after one interval); a failure is logged with `what`.
+fn periodic(
+    ingest: &Arc<AgentIngest>,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    at_start: bool,
+    mut make: impl FnMut(u64) -> skein_otlp::ExportMetricsServiceRequest + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let ingest = Arc::clone(ingest);
+    tokio::spawn(async move {
+        let mut wait = !at_start;
+        loop {
+            if wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|v| *v) => return,
+                }
+            }
+            wait = true;
+            let req = make(now_unix_ns());
+            if let Err(e) = skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await {
+                tracing::warn!(error = %e.message, "queueing {what} failed");
+            }
+        }
+    })
+}
+
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let opts = QueueOptions {
@@ -154,41 +184,16 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let drain = cfg.shutdown_timeout.0;
     let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();
     let reporter = (!cfg.admin.report_interval.0.is_zero()).then(|| {
-        let (state, ingest, every, mut stop) = (Arc::clone(&state), Arc::clone(&ingest), cfg.admin.report_interval.0, stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-                let req = state.self_report(now);
-                if let Err(e) = skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await {
-                    tracing::warn!(error = %e.message, "queueing the agent's own metrics failed");
-                }
-            }
-        })
+        let state = Arc::clone(&state);
+        periodic(&ingest, cfg.admin.report_interval.0, stop_rx.clone(), "the agent's own metrics", false, move |now| state.self_report(now))
     });
     let host = (!cfg.host_metrics.interval.0.is_zero()).then(|| {
-        let (ingest, every, mut stop) = (Arc::clone(&ingest), cfg.host_metrics.interval.0, stop_rx.clone());
-        tokio::spawn(async move {
-            let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            let uptime_ns = std::fs::read_to_string("/proc/uptime")
-                .ok()
-                .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-                .map_or(0, |s| (s * 1e9) as u64);
-            let mut sampler = skein_sources::host_metrics::Sampler::new("/", now().saturating_sub(uptime_ns));
-            loop {
-                let req = sampler.sample(now());
-                if let Err(e) = skein_server::OtlpIngest::export(ingest.as_ref(), skein_server::Export::Metrics(req)).await {
-                    tracing::warn!(error = %e.message, "queueing host metrics failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|v| *v) => return,
-                }
-            }
-        })
+        let uptime_ns = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0, |s| (s * 1e9) as u64);
+        let mut sampler = skein_sources::host_metrics::Sampler::new("/", now_unix_ns().saturating_sub(uptime_ns));
+        periodic(&ingest, cfg.host_metrics.interval.0, stop_rx.clone(), "host metrics", true, move |now| sampler.sample(now))
     });
     let tail = if cfg.file_tail.inputs.is_empty() {
         None
@@ -211,7 +216,7 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         Some(tokio::spawn(skein_sources::file_tail::run(tailer, export, stop)))
     };
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let started = now_unix_ns();
     let scrapers: Vec<_> = cfg
         .prom_scrape
         .iter()

@@ -12,9 +12,10 @@
 //! `rustix`) on every mount of `/proc/self/mounts` that is a real file system (not `proc`,
 //! `sysfs`, `cgroup`, `tmpfs`, …), once per device.
 
+use crate::otlp_build::gauge;
 use skein_otlp::ExportMetricsServiceRequest;
 use skein_otlp::proto::common::v1::KeyValue;
-use skein_otlp::proto::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point};
+use skein_otlp::proto::metrics::v1::{Metric, NumberDataPoint, Sum, metric::Data, number_data_point};
 use skein_otlp::synth::signals::kv;
 use std::path::PathBuf;
 
@@ -200,10 +201,6 @@ fn point(now: u64, start: u64, v: f64, attrs: Vec<KeyValue>) -> NumberDataPoint 
     }
 }
 
-fn gauge(name: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric { name: name.into(), unit: unit.into(), data: Some(Data::Gauge(Gauge { data_points: points })), ..Default::default() }
-}
-
 fn counter(name: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
     Metric {
         name: name.into(),
@@ -328,21 +325,7 @@ impl Sampler {
                 metrics.push(gauge("system.filesystem.utilization", "1", util));
             }
         }
-        ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(skein_otlp::proto::resource::v1::Resource::default()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(skein_otlp::proto::common::v1::InstrumentationScope {
-                        name: "skein-agent/host_metrics".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
+        crate::otlp_build::metrics_request(Default::default(), "host_metrics", metrics)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod enrich;
 pub mod file_tail;
 pub mod host_metrics;
 pub mod otlp;
+pub mod otlp_build;
 pub mod prom_scrape;
 pub mod replica_lag;
 pub mod wire;

@@ -15,10 +15,10 @@
 use serde::{Deserialize, Serialize};
 use skein_core::Duration;
 use skein_otlp::ExportMetricsServiceRequest;
-use skein_otlp::proto::common::v1::{InstrumentationScope, KeyValue};
+use skein_otlp::proto::common::v1::KeyValue;
 use skein_otlp::proto::metrics::v1::{
-    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
-    metric::Data, number_data_point, summary_data_point::ValueAtQuantile,
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, Summary, SummaryDataPoint, metric::Data, number_data_point,
+    summary_data_point::ValueAtQuantile,
 };
 use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::synth::signals::kv;
@@ -391,19 +391,8 @@ impl Scraper {
             value: Some(number_data_point::Value::AsDouble(if err.is_none() { 1.0 } else { 0.0 })),
             ..Default::default()
         };
-        metrics.push(Metric { name: "up".into(), data: Some(Data::Gauge(Gauge { data_points: vec![up] })), ..Default::default() });
-        let req = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(self.resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope { name: "skein-agent/prom_scrape".into(), ..Default::default() }),
-                    metrics,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        (req, err)
+        metrics.push(crate::otlp_build::gauge("up", "", vec![up]));
+        (crate::otlp_build::metrics_request(self.resource.clone(), "prom_scrape", metrics), err)
     }
 
     /// Scrapes every `interval` until `stop`, handing each request to `export`.
@@ -413,7 +402,7 @@ impl Scraper {
         Fut: std::future::Future<Output = Result<(), String>>,
     {
         loop {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            let now = crate::otlp_build::now_unix_ns();
             let (req, err) = self.scrape(now).await;
             if let Some(e) = err {
                 tracing::warn!(target = %self.target.url, error = %e, "prometheus scrape failed");
@@ -474,12 +463,7 @@ untyped_thing NaN
         let Some(Data::Gauge(g)) = &m[4].data else { panic!("untyped is a gauge") };
         assert!(matches!(g.data_points[0].value, Some(number_data_point::Value::AsDouble(v)) if v.is_nan()));
         // the result passes the agent's validation
-        let mut req = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                scope_metrics: vec![ScopeMetrics { metrics: m, ..Default::default() }],
-                ..Default::default()
-            }],
-        };
+        let mut req = crate::otlp_build::metrics_request(Default::default(), "prom_scrape", m);
         let v = skein_otlp::validate_metrics(&mut req, &skein_otlp::Limits::default());
         assert_eq!(v.rejected, 0, "{}", v.message());
     }

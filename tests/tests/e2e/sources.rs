@@ -75,8 +75,13 @@ async fn tailed_lines_arrive_once_in_order_through_rotation_and_kill_9_with_thei
     let mut fb = open(&b);
     append(&mut fb, seq_lines("b", 0..50));
 
-    // Rotation by rename: the app writes a few more lines to the renamed file, then reopens.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Rotation by rename, once the agent has read what a.log holds: the app writes a few more
+    // lines to the renamed file, then reopens.
+    wait_until(Duration::from_secs(30), "a.log's first 100 lines", || async {
+        tailed(&collector).await.keys().filter(|(f, _)| f == "a").count() == 100
+    })
+    .await
+    .unwrap();
     std::fs::rename(&a, logs.path().join("a.log.1")).unwrap();
     append(&mut fa, seq_lines("a", 100..110));
     let mut fa = open(&a);

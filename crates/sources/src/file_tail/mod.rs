@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use skein_core::metrics::{self, Counter, Gauge};
 use skein_core::{ByteSize, Duration};
 use skein_otlp::ExportLogsServiceRequest;
-use skein_otlp::proto::common::v1::{InstrumentationScope, KeyValue};
+use skein_otlp::proto::common::v1::KeyValue;
 use skein_otlp::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::synth::signals::kv;
@@ -409,10 +409,6 @@ pub struct Tailer {
     pub stats: std::sync::Arc<TailStats>,
 }
 
-fn now_unix_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl Tailer {
     /// A tailer keeping its checkpoint in `<dir>/checkpoints.json`.
     pub fn new(cfg: FileTailConfig, dir: &Path) -> Result<Self, String> {
@@ -708,7 +704,7 @@ impl Tailer {
         if consumed == 0 {
             return None;
         }
-        let observed = now_unix_ns();
+        let observed = crate::otlp_build::now_unix_ns();
         let records = Arc::new(make_records(&input.parser, &t.buf, &recs, observed, &attrs));
         self.stats.records.add(records.len() as u64);
         self.stats.truncated_records.add(recs.iter().filter(|r| r.truncated).count() as u64);
@@ -787,11 +783,7 @@ impl Tailer {
                 .into_iter()
                 .map(|(i, log_records)| ResourceLogs {
                     resource: Some(self.inputs[i].resource.clone()),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(InstrumentationScope { name: "skein-agent/file_tail".into(), ..Default::default() }),
-                        log_records,
-                        ..Default::default()
-                    }],
+                    scope_logs: vec![ScopeLogs { scope: Some(crate::otlp_build::scope("file_tail")), log_records, ..Default::default() }],
                     ..Default::default()
                 })
                 .collect(),

@@ -4,7 +4,7 @@
 use super::{Error, Failure, ProbeConfig, Status};
 use skein_otlp::proto::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use skein_otlp::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
-use skein_otlp::proto::metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data, number_data_point};
+use skein_otlp::proto::metrics::v1::{Metric, NumberDataPoint, number_data_point};
 use skein_otlp::proto::resource::v1::Resource;
 use skein_otlp::synth::signals::kv;
 use skein_otlp::{ExportLogsServiceRequest, ExportMetricsServiceRequest};
@@ -14,13 +14,7 @@ fn point(now: u64, value: number_data_point::Value, attributes: Vec<KeyValue>) -
 }
 
 fn gauge(name: &str, unit: &str, description: &str, data_points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        unit: unit.into(),
-        description: description.into(),
-        data: Some(Data::Gauge(Gauge { data_points })),
-        ..Default::default()
-    }
+    Metric { description: description.into(), ..crate::otlp_build::gauge(name, unit, data_points) }
 }
 
 fn kv_int(key: &str, v: i64) -> KeyValue {
@@ -28,7 +22,7 @@ fn kv_int(key: &str, v: i64) -> KeyValue {
 }
 
 fn scope() -> InstrumentationScope {
-    InstrumentationScope { name: "skein-agent/replica_lag".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
+    crate::otlp_build::scope("replica_lag")
 }
 
 /// Attributes of the probe itself (the `db.replication.up` point and the log records).
@@ -110,13 +104,7 @@ pub fn encode_metrics(cfg: &ProbeConfig, host: &str, port: u16, res: &Result<Sta
             ));
         }
     }
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource::default()),
-            scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
-            ..Default::default()
-        }],
-    }
+    crate::otlp_build::metrics_request(Resource::default(), "replica_lag", metrics)
 }
 
 /// A log record about a probe (a failure or a recovery).
@@ -160,6 +148,7 @@ pub fn encode_log(
 mod tests {
     use super::*;
     use crate::replica_lag::{Observation, ServerRole, State, System};
+    use skein_otlp::proto::metrics::v1::metric::Data;
 
     fn values(req: &ExportMetricsServiceRequest, name: &str) -> Vec<(f64, Vec<(String, String)>)> {
         let m = req.resource_metrics[0].scope_metrics[0].metrics.iter().find(|m| m.name == name);

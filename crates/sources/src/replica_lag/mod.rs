@@ -431,10 +431,6 @@ impl Probe {
     }
 }
 
-fn now_unix_nano() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// Checks every probe's configuration, then starts one task per probe that checks its server
 /// every `interval` (the first check at once) and hands each export to `sink`. The returned
 /// task ends once every probe task has seen `stop` become true (or its sender dropped); a
@@ -517,7 +513,7 @@ where
         let exports = tokio::select! {
             biased;
             _ = stop.wait_for(|v| *v) => break,
-            e = probe.scrape(now_unix_nano()) => e,
+            e = probe.scrape(crate::otlp_build::now_unix_ns()) => e,
         };
         for e in exports {
             sink(e).await;
