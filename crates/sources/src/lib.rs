@@ -4,9 +4,12 @@
 //!
 //! - [`otlp`]: the OTLP receiver (gRPC and HTTP, every signal) for the apps beside the agent,
 //!   with [`wire`], its fast path that stamps spans without decoding them.
+//! - [`host_metrics`]: the node's CPU, memory, load, disk, file system and network figures.
+//! - [`file_tail`]: log files as they grow, with trace and correlation ids, exactly once.
+//! - [`replica_lag`]: PostgreSQL, MySQL/MariaDB and Redis replication probes.
+//! - [`prom_scrape`]: local Prometheus endpoints.
 //!
-//! Host metrics, file tailing, replica-lag probes and the Prometheus scrape are not built yet
-//! (issue 5).
+//! [`otlp_build`] holds what their OTLP output shares.
 
 pub mod enrich;
 pub mod file_tail;
