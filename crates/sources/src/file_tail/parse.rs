@@ -47,7 +47,7 @@ pub struct Parsed {
     pub span_id: Vec<u8>,
     /// Attributes: the other JSON fields and `correlation_id`.
     pub attributes: Vec<KeyValue>,
-    /// JSON fields left out past [`MAX_ATTRIBUTES`].
+    /// JSON fields left out past `MAX_ATTRIBUTES` (64).
     pub dropped_attributes: u32,
 }
 
