@@ -49,7 +49,7 @@ impl Synth {
             Role::WebInternal(name) => {
                 a.s("code.function", name)
                     .s("code.filepath", "src/server/pages.ts")
-                    .i("code.lineno", self.rng.range(20, 400) as i64)
+                    .i("code.lineno", line_of(name, 20, 400))
                     .s("app.user.id", format!("u-{}", ctx.user_id));
                 a.s("app.page", flow.route);
                 a.extra_arr("app.feature_flags", vec!["new-checkout".into(), "reco-v2".into()]);
@@ -107,7 +107,7 @@ impl Synth {
                 let lang = if p.svc.java() { "com.example.shop.checkout.OrderService" } else { "example.com/shop/cart" };
                 a.s("code.function", name)
                     .s("code.namespace", lang)
-                    .i("code.lineno", self.rng.range(20, 600) as i64)
+                    .i("code.lineno", line_of(name, 20, 600))
                     .i("thread.id", self.rng.range(30, 250) as i64)
                     .s("app.endpoint", CALLS[call].route);
                 a.extra_i("app.cart.items", self.rng.range(1, 12) as i64);
@@ -160,9 +160,12 @@ impl Synth {
                     .s("db.operation", qq.op)
                     .s("db.user", "shop_app")
                     .s("client.address", HOSTS[caller].ip);
-                a.extra_i("client.port", self.rng.range(32_768, 60_999) as i64);
-                a.extra_i("db.postgresql.backend_pid", self.rng.range(1000, 60_000) as i64);
-                a.extra_i("db.query.id", (self.rng.next_u64() >> 1) as i64);
+                // The caller's connection pool holds a few long-lived connections, each with
+                // its own client port and backend process.
+                let conn = Connection::of(caller, p.host, self.rng.below(POOL_SIZE));
+                a.extra_i("client.port", conn.port);
+                a.extra_i("db.postgresql.backend_pid", conn.pid);
+                a.extra_i("db.query.id", query_id(qq.stmt));
                 a.extra_i("db.response.returned_rows", self.rng.range(0, 40) as i64);
                 a.extra_s("db.postgresql.role", if p.host == DB_PRIMARY { "primary" } else { "replica" });
                 if p.error {
@@ -187,8 +190,9 @@ impl Synth {
                 a.s("db.system", "postgresql")
                     .s("db.name", "shop")
                     .s("db.operation", QUERIES[q].op)
-                    .f("db.postgresql.plan.total_cost", self.rng.range(1, 5000) as f64 / 10.0)
-                    .i("db.postgresql.plan.rows", self.rng.range(1, 400) as i64);
+                    // Planner estimates: the same for every run of a statement's step.
+                    .f("db.postgresql.plan.total_cost", (1 + estimate(q, name) % 5000) as f64 / 10.0)
+                    .i("db.postgresql.plan.rows", (1 + (estimate(q, name) >> 32) % 400) as i64);
                 a.extra_s("db.postgresql.plan.node_type", self.rng.pick(&["Index Scan", "Seq Scan", "Bitmap Heap Scan", "Nested Loop"]));
                 a.extra_i("db.postgresql.blocks.shared_hit", self.rng.range(0, 2000) as i64);
                 a.extra_i("db.postgresql.blocks.shared_read", self.rng.range(0, 200) as i64);
@@ -214,6 +218,48 @@ impl Synth {
         };
         ((p.host, p.svc, cat), span)
     }
+}
+
+/// Connections in each application host's pool to each database host.
+const POOL_SIZE: u64 = 10;
+
+/// One pooled connection from an application host to a database host.
+struct Connection {
+    port: i64,
+    pid: i64,
+}
+
+impl Connection {
+    /// Connection `slot` of the pool from host `client` to host `db`: the same every time.
+    fn of(client: usize, db: usize, slot: u64) -> Self {
+        let h = mix(((client as u64) << 32) ^ ((db as u64) << 16) ^ slot);
+        Self { port: 32_768 + (h % 28_232) as i64, pid: 1000 + ((h >> 32) % 59_000) as i64 }
+    }
+}
+
+/// `db.query.id`: PostgreSQL's query id is a hash of the normalised statement, so every run of
+/// one statement has the same id.
+fn query_id(stmt: &str) -> i64 {
+    let fnv = stmt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (fnv >> 1) as i64
+}
+
+/// The line a function is defined on, in `lo..=hi`: the same for every call.
+fn line_of(function: &str, lo: u64, hi: u64) -> i64 {
+    (lo + query_id(function) as u64 % (hi - lo + 1)) as i64
+}
+
+/// A hash of query `q`'s plan step `step`, for the planner's estimates of it.
+fn estimate(q: usize, step: &str) -> u64 {
+    mix(q as u64 ^ (query_id(step) as u64) << 8)
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit value from a small one.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn exception(at: u64, ty: &str, msg: &str, stack: &str) -> Event {
