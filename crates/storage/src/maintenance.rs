@@ -23,7 +23,8 @@ use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use skein_columnar::spans::with_end_time;
+use skein_columnar::spans::layout::restore;
+use skein_columnar::spans::{stored_schema, with_end_time};
 use skein_core::metrics;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -296,6 +297,7 @@ impl Store {
             level,
             created_unix_ms: now_ms(),
             operations,
+            columns: enc.columns,
         }))
     }
 
@@ -394,7 +396,7 @@ impl Store {
             let stream = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(perr)?.build().map_err(perr)?;
             let read: Vec<RecordBatch> = stream.try_collect().await.map_err(perr)?;
             for r in read {
-                batches.push(Arc::new(if table == Table::Spans { with_end_time(&r)? } else { r }));
+                batches.push(Arc::new(if table == Table::Spans { with_end_time(&restore(&r, &stored_schema())?)? } else { r }));
             }
             for (s, ops) in &b.operations {
                 operations.entry(s.clone()).or_default().extend(ops.iter().cloned());

@@ -59,6 +59,11 @@ pub struct BlockMeta {
     /// service → (operation, span kind) pairs in the block, so the services API needs no file.
     #[serde(default)]
     pub operations: BTreeMap<String, Vec<(String, i8)>>,
+    /// The block's columns beyond the table's stored schema (for spans: `parent_offset` and
+    /// the `attr:` columns of `skein_columnar::spans::layout`), so a query can plan over
+    /// every block without opening one. Empty for blocks written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 /// A block file waiting to be deleted.

@@ -4,7 +4,7 @@
 //! `cargo run --release -p skein-tests --features bench --bin blockbench -- --spans 1000000`
 
 use clap::Parser;
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::properties::WriterPropertiesBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::ColumnPath;
@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             level: 0,
             created_unix_ms: 0,
             operations: Default::default(),
+            columns: enc.columns.clone(),
         };
         let block = skein_storage::block::Block::new(meta);
         let ids: Vec<[u8; 16]> = batches.iter().step_by(7).map(|b| skein_columnar::spans::SpanView::new(b).trace_id(0)).take(300).collect();
@@ -131,40 +132,24 @@ fn main() -> anyhow::Result<()> {
     let same = || Box::new(|b| b) as Box<dyn Fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder>;
     let mut layouts: Vec<Layout> = vec![("default", BlockConfig::default(), same())];
     if !args.default_only {
-        let values = || ColumnPath::from(vec!["attributes".into(), "entries".into(), "values".into()]);
-        let keys = || ColumnPath::from(vec!["attributes".into(), "entries".into(), "keys".into()]);
         layouts.push(("zstd 9", BlockConfig { zstd_level: 9, ..Default::default() }, same()));
-        layouts.push((
-            "attr values plain",
-            BlockConfig::default(),
-            Box::new(move |b: WriterPropertiesBuilder| b.set_column_dictionary_enabled(values(), false)),
-        ));
-        layouts.push((
-            "attr values delta-length",
-            BlockConfig::default(),
-            Box::new(move |b: WriterPropertiesBuilder| {
-                b.set_column_dictionary_enabled(values(), false).set_column_encoding(values(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
-            }),
-        ));
-        layouts.push((
-            "attr keys+values plain",
-            BlockConfig::default(),
-            Box::new(move |b: WriterPropertiesBuilder| {
-                b.set_column_dictionary_enabled(values(), false).set_column_dictionary_enabled(keys(), false)
-            }),
-        ));
-        layouts.push((
-            "attrs plain zstd 9",
-            BlockConfig::default(),
-            Box::new(move |b: WriterPropertiesBuilder| {
-                b.set_column_dictionary_enabled(values(), false)
-                    .set_column_dictionary_enabled(keys(), false)
-                    .set_column_compression(values(), Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
-                    .set_column_compression(keys(), Compression::ZSTD(ZstdLevel::try_new(9).unwrap_or_default()))
-            }),
-        ));
-        layouts.push(("pages of 4096 rows", BlockConfig { page_rows: 4096, ..Default::default() }, same()));
         layouts.push(("pages of 8192 rows", BlockConfig { page_rows: 8192, ..Default::default() }, same()));
+        layouts.push(("row groups of 32768", BlockConfig { row_group_rows: 32_768, ..Default::default() }, same()));
+        layouts.push(("groups 32768, pages 8192", BlockConfig { row_group_rows: 32_768, page_rows: 8192, ..Default::default() }, same()));
+        layouts.push(("groups 65536, pages 8192", BlockConfig { row_group_rows: 65_536, page_rows: 8192, ..Default::default() }, same()));
+        layouts.push((
+            "span_id plain, no zstd",
+            BlockConfig::default(),
+            Box::new(|b: WriterPropertiesBuilder| b.set_column_compression(ColumnPath::from("span_id"), Compression::UNCOMPRESSED)),
+        ));
+        layouts.push((
+            "times delta",
+            BlockConfig::default(),
+            Box::new(|b: WriterPropertiesBuilder| {
+                b.set_column_encoding(ColumnPath::from("start_time"), Encoding::DELTA_BINARY_PACKED)
+                    .set_column_encoding(ColumnPath::from("duration_ns"), Encoding::DELTA_BINARY_PACKED)
+            }),
+        ));
     }
     for (name, cfg, tweak) in layouts {
         let t = Instant::now();

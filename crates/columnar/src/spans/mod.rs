@@ -31,10 +31,13 @@
 
 pub(crate) mod build;
 mod kv;
+pub mod layout;
 mod protobuf;
 pub(crate) mod view;
 mod wire;
 
+#[cfg(test)]
+mod layout_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

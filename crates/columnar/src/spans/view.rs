@@ -304,7 +304,7 @@ impl<'a> SpanView<'a> {
             service: self.service.get(row).unwrap_or(UNKNOWN_SERVICE).to_string(),
             node: self.node.get(row).unwrap_or(UNKNOWN_NODE).to_string(),
             resource: self.resource.get(row).iter().map(|(a, _)| a.clone()).collect(),
-            attributes: read_map(self.attrs, self.attr_types, row),
+            attributes: sorted_by_key(read_map(self.attrs, self.attr_types, row)),
             scope_name: self.scope_name.get(row).map(str::to_string),
             scope_version: self.scope_version.get(row).map(str::to_string),
             events,
@@ -314,6 +314,14 @@ impl<'a> SpanView<'a> {
             dropped_links_count: self.dropped[2].value(row),
         }
     }
+}
+
+/// A span's attributes in key order (a stable sort, so a repeated key keeps its order): blocks
+/// store common keys as columns of their own (see [`super::layout`]) and cannot keep the order the
+/// app sent them in, so spans read the same from the head and from blocks.
+fn sorted_by_key(mut attrs: Vec<Attr>) -> Vec<Attr> {
+    attrs.sort_by(|a, b| a.key.cmp(&b.key));
+    attrs
 }
 
 fn map_lookup<'a>(map: &'a MapArray, row: usize, key: &str) -> Option<&'a str> {

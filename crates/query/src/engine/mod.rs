@@ -18,6 +18,7 @@
 
 mod json;
 pub mod replica_lag;
+mod restore;
 mod search;
 pub mod signals;
 pub mod span_stats;

@@ -3,6 +3,7 @@
 //! computes it), and the `resource_attributes` function that turns the
 //! stored resource encoding into a map.
 
+use super::restore::{self, BlockRead, RestoreExec};
 use arrow::array::{Array, ArrayBuilder, ArrayRef, AsArray, MapArray, RecordBatch, StringBuilder, StructArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
@@ -111,22 +112,33 @@ impl TableProvider for SpansTable {
             Vec::new()
         };
         let (lo, hi) = time_range(filters, "start_time");
-        let blocks = self.snapshot.blocks.iter().filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi);
-        union_scan(state, &schema, head, blocks, &self.url, projection, filters, limit)
+        let blocks: Vec<_> = self.snapshot.blocks.iter().filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi).collect();
+        let read = BlockRead::new(projection, blocks.iter().flat_map(|b| b.meta.columns.iter().map(String::as_str)))?;
+        // Filters on columns a block stores differently cannot prune its pages.
+        let pushable: Vec<Expr> = filters.iter().filter(|f| f.column_refs().iter().all(|c| !restore::rebuilt(&c.name))).cloned().collect();
+        let scan = parquet_scan(
+            state,
+            &read.file_schema,
+            blocks.iter().copied(),
+            &self.url,
+            Some(&read.projection),
+            &pushable,
+            if read.whole_traces { None } else { limit },
+            |s| if read.whole_traces { s.with_enable_page_index(false).with_pushdown_filters(false) } else { s },
+        )?;
+        let blocks_plan = scan.map(|p| Arc::new(RestoreExec::new(p, Arc::clone(&read.out), read.whole_traces)) as Arc<dyn ExecutionPlan>);
+        union_scan(state, &schema, head, blocks_plan, projection, limit)
     }
 }
 
-/// The plan that reads `head` batches and `blocks` (Parquet files in the object store `url`)
-/// as one table of `schema`, with the filters pushed into the Parquet scan.
-#[allow(clippy::too_many_arguments)]
-fn union_scan<'a>(
+/// The plan that reads `head` batches and the plan `blocks` reading the blocks as one table of
+/// `schema`, projected.
+fn union_scan(
     state: &dyn Session,
     schema: &SchemaRef,
     head: Vec<RecordBatch>,
-    blocks: impl Iterator<Item = &'a Arc<skein_storage::block::Block>>,
-    url: &ObjectStoreUrl,
+    blocks: Option<Arc<dyn ExecutionPlan>>,
     projection: Option<&Vec<usize>>,
-    filters: &[Expr],
     limit: Option<usize>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -138,25 +150,42 @@ fn union_scan<'a>(
         let mem = MemorySourceConfig::try_new(&partitions, Arc::clone(schema), projection.cloned())?.with_limit(limit);
         inputs.push(DataSourceExec::from_data_source(mem));
     }
-    let files: Vec<PartitionedFile> = blocks.map(|b| PartitionedFile::new(b.meta.path.clone(), b.meta.bytes)).collect();
-    if !files.is_empty() {
-        let df_schema = DFSchema::try_from(Arc::clone(schema))?;
-        let mut source = ParquetSource::new(Arc::clone(schema)).with_table_parquet_options(state.default_table_options().parquet);
-        if let Some(e) = conjunction(filters.iter().cloned()) {
-            source = source.with_predicate(state.create_physical_expr(e, &df_schema)?);
-        }
-        let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
-        let conf = FileScanConfigBuilder::new(url.clone(), Arc::new(source))
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        inputs.push(DataSourceExec::from_data_source(conf));
-    }
+    inputs.extend(blocks);
     if inputs.is_empty() {
         return Ok(Arc::new(EmptyExec::new(datafusion::physical_plan::project_schema(schema, projection)?)));
     }
     UnionExec::try_new(inputs)
+}
+
+/// The Parquet scan of `blocks` (files in the object store `url`) as `schema`, with the
+/// filters pushed in for pruning; `None` without blocks. `configure` adjusts the source.
+#[allow(clippy::too_many_arguments)]
+fn parquet_scan<'a>(
+    state: &dyn Session,
+    schema: &SchemaRef,
+    blocks: impl Iterator<Item = &'a Arc<skein_storage::block::Block>>,
+    url: &ObjectStoreUrl,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+    configure: impl FnOnce(ParquetSource) -> ParquetSource,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let files: Vec<PartitionedFile> = blocks.map(|b| PartitionedFile::new(b.meta.path.clone(), b.meta.bytes)).collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let df_schema = DFSchema::try_from(Arc::clone(schema))?;
+    let mut source = ParquetSource::new(Arc::clone(schema)).with_table_parquet_options(state.default_table_options().parquet);
+    if let Some(e) = conjunction(filters.iter().cloned()) {
+        source = source.with_predicate(state.create_physical_expr(e, &df_schema)?);
+    }
+    let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
+    let conf = FileScanConfigBuilder::new(url.clone(), Arc::new(configure(source)))
+        .with_file_groups(groups)
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    Ok(Some(DataSourceExec::from_data_source(conf)))
 }
 
 /// The `logs_raw` or `metrics_raw` table: the head batches and the listed blocks of one table
@@ -204,7 +233,8 @@ impl TableProvider for SignalTable {
         let head: Vec<RecordBatch> = self.snapshot.head.iter().map(|b| b.as_ref().clone()).collect();
         let (lo, hi) = time_range(filters, "time");
         let blocks = self.snapshot.blocks.iter().filter(|b| b.meta.max_start_ns >= lo && b.meta.min_start_ns <= hi);
-        union_scan(state, &self.schema, head, blocks, &self.url, projection, filters, limit)
+        let scan = parquet_scan(state, &self.schema, blocks, &self.url, projection, filters, limit, |s| s)?;
+        union_scan(state, &self.schema, head, scan, projection, limit)
     }
 }
 

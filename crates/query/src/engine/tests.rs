@@ -263,3 +263,53 @@ async fn end_time_is_start_plus_duration_in_head_and_blocks_alike() {
         rows(&e, "SELECT column_name FROM information_schema.columns WHERE table_name = 'spans_raw' AND column_name = 'end_time'").await;
     assert!(cols.is_empty(), "spans_raw is the stored table, without end_time: {cols:?}");
 }
+
+/// Parents and attributes read from a block by SQL are the ones sent, also where a trace's
+/// rows straddle two of the scan's batches (over 10,000 spans: more than one 8,192-row batch),
+/// and filters on the columns a block stores differently (`parent_span_id`, `attributes`) are
+/// not used to prune it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_and_attributes_from_a_block_are_the_ones_sent() {
+    use skein_otlp::synth::{Synth, SynthConfig};
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut synth = Synth::new(SynthConfig::default());
+    let (mut want, mut roots, mut postgres) = (BTreeSet::new(), 0, 0);
+    while want.len() < 10_500 {
+        let (r, _) = synth.batch(20, now);
+        for s in r.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+            let parent = (!s.parent_span_id.is_empty()).then(|| hex_of(&s.parent_span_id));
+            roots += usize::from(parent.is_none());
+            let db = s.attributes.iter().any(|a| {
+                a.key == "db.system"
+                    && a.value.as_ref().and_then(|v| v.value.as_ref()) == Some(&any_value::Value::StringValue("postgresql".into()))
+            });
+            postgres += usize::from(db);
+            want.insert((hex_of(&s.span_id), parent));
+        }
+        store.ingest_traces(r).await.unwrap();
+    }
+    store.flush_now().await.unwrap();
+    assert!(store.snapshot().head.is_empty());
+    let limits = SqlLimits { timeout: Duration::from_secs(60), memory: 256 << 20, max_rows: 100_000 };
+    let e = Engine::new(store, limits);
+    let got: BTreeSet<(String, Option<String>)> = rows(&e, "SELECT span_id, parent_span_id FROM spans")
+        .await
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_str().map(str::to_string)))
+        .collect();
+    assert_eq!(got, want);
+    let r = rows(&e, "SELECT count(*) FROM spans WHERE parent_span_id IS NULL").await;
+    assert_eq!(r[0][0], roots);
+    let r = rows(&e, "SELECT count(*) FROM spans WHERE attributes['db.system'] = 'postgresql'").await;
+    assert_eq!(r[0][0], postgres);
+    // A parent/child join within the block: every child finds its parent.
+    let r = rows(&e, "SELECT count(*) FROM spans c JOIN spans p ON c.trace_id = p.trace_id AND c.parent_span_id = p.span_id").await;
+    assert_eq!(r[0][0], want.len() - roots);
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -27,7 +27,8 @@ use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
-use skein_columnar::spans::{col, with_end_time};
+use skein_columnar::spans::layout::restore;
+use skein_columnar::spans::{col, stored_schema, with_end_time};
 use std::sync::Arc;
 
 /// A listed block and, once loaded, its Parquet metadata and bloom filters.
@@ -134,16 +135,15 @@ impl Block {
             .build()
             .map_err(|e| self.parquet_err(e))?;
         let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.parquet_err(e))?;
-        let mut out = Vec::new();
-        for b in batches {
-            let ids = b.column(col::TRACE_ID).as_any().downcast_ref::<FixedSizeBinaryArray>();
-            let Some(ids) = ids else { continue };
-            let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.value(i) == &id[..])).collect();
-            if keep.true_count() > 0 {
-                out.push(with_end_time(&arrow::compute::filter_record_batch(&b, &keep)?)?);
-            }
+        // The trace's rows, together: a parent is named by its row within them.
+        let Some(first) = batches.first() else { return Ok(Vec::new()) };
+        let all = arrow::compute::concat_batches(first.schema_ref(), &batches)?;
+        let Some(ids) = all.column(col::TRACE_ID).as_any().downcast_ref::<FixedSizeBinaryArray>() else { return Ok(Vec::new()) };
+        let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.value(i) == &id[..])).collect();
+        if keep.true_count() == 0 {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        Ok(vec![with_end_time(&restore(&arrow::compute::filter_record_batch(&all, &keep)?, &stored_schema())?)?])
     }
 }
 

@@ -9,7 +9,8 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
-use skein_columnar::spans::{SpanView, schema, stored_columns, stored_schema};
+use skein_columnar::spans::layout::Layout;
+use skein_columnar::spans::{SpanView, schema, stored_columns};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -28,18 +29,43 @@ pub struct Encoded {
     pub max_start_ns: i64,
     /// Latest span end (Unix ns).
     pub max_end_ns: i64,
+    /// Columns beyond the table's stored schema (for spans, `parent_offset` and the attribute
+    /// columns, see `skein_columnar::spans::layout`).
+    pub columns: Vec<String>,
 }
 
-/// Rows handed to the Parquet writer at once.
+/// Rows handed to the Parquet writer at once (rounded up to a whole trace).
 const CHUNK_ROWS: usize = 8192;
 
-fn properties(cfg: &BlockConfig, traces: u64, tweak: Tweak<'_>) -> Result<WriterProperties, ParquetError> {
+/// A row group is cut inside a trace only when the trace would make it this many times
+/// `row_group_rows`.
+const MAX_GROUP_FACTOR: usize = 2;
+
+/// Columns with a page index (page-level statistics).
+const PAGE_INDEXED: &[&str] = &["trace_id", "start_time", "duration_ns", "status_code", "kind", "name", "service_name", "node"];
+
+fn properties(cfg: &BlockConfig, traces: u64, layout: &Layout, tweak: Tweak<'_>) -> Result<WriterProperties, ParquetError> {
     let trace_id = ColumnPath::from("trace_id");
+    // Row-group statistics for every column, and a page index only for the columns queries
+    // prune pages by: a block is sorted by trace id, so for the others every page spans about
+    // the whole range and the index would only cost space.
+    let mut b = WriterProperties::builder().set_statistics_enabled(EnabledStatistics::Chunk);
+    for name in PAGE_INDEXED {
+        b = b.set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::Page);
+    }
+    for (name, double) in layout.column_names().zip(layout.column_tags().map(|t| t == skein_columnar::value::tag::DOUBLE)) {
+        let path = ColumnPath::new(vec![name]);
+        if double {
+            // Doubles with many distinct values (amounts, measurements) have noisy mantissas:
+            // once the dictionary gives up, split them into byte streams so the exponent and
+            // high bytes compress.
+            b = b.set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+        }
+    }
     Ok(tweak(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
-            .set_statistics_enabled(EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows.max(1)))
+        b.set_compression(Compression::ZSTD(ZstdLevel::try_new(cfg.zstd_level)?))
+            // `encode_with` ends the row groups itself, at trace boundaries.
+            .set_max_row_group_row_count(None)
             .set_data_page_row_count_limit(cfg.page_rows.max(1))
             .set_write_batch_size(cfg.page_rows.clamp(1, 1024))
             // Span ids are random: a dictionary only costs space.
@@ -97,11 +123,14 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
     let mut kept: Vec<(usize, usize)> = Vec::with_capacity(keys.len());
     let mut seen: HashSet<u64> = HashSet::new();
     let mut current: Option<u128> = None;
+    // Where each trace's rows begin in `kept`.
+    let mut trace_starts: Vec<usize> = Vec::new();
     for &(t, _, s, b, r) in &keys {
         if current != Some(t) {
             current = Some(t);
             traces += 1;
             seen.clear();
+            trace_starts.push(kept.len());
         }
         if seen.insert(s) {
             kept.push((b as usize, r as usize));
@@ -110,8 +139,9 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
         }
     }
     drop(keys);
-    let props = properties(cfg, traces / (kept.len().div_ceil(cfg.row_group_rows.max(1)) as u64).max(1), tweak)?;
-    let mut w = ArrowWriter::try_new(Vec::new(), stored_schema(), Some(props))?;
+    let layout = Layout::choose(batches);
+    let props = properties(cfg, traces / (kept.len().div_ceil(cfg.row_group_rows.max(1)) as u64).max(1), &layout, tweak)?;
+    let mut w = ArrowWriter::try_new(Vec::new(), layout.schema(), Some(props))?;
     // One contiguous copy, then a `take` per chunk. (Interleaving straight from the head's
     // batches costs time in proportion to the number of batches for every chunk, because the
     // dictionary and nested columns set up per source array: quadratic in the head's size.)
@@ -122,16 +152,55 @@ pub fn encode_with(batches: &[&RecordBatch], cfg: &BlockConfig, tweak: Tweak<'_>
         starts.push(offset);
         offset += b.num_rows() as u32;
     }
-    for chunk in kept.chunks(CHUNK_ROWS) {
-        let idx: UInt32Array = chunk.iter().map(|&(b, r)| starts[b] + r as u32).collect();
-        w.write(&arrow::compute::take_record_batch(&all, &idx)?.project(stored_columns())?)?;
+    let write = |w: &mut ArrowWriter<Vec<u8>>, rows: &[(usize, usize)]| -> Result<(), ParquetError> {
+        if !rows.is_empty() {
+            let idx: UInt32Array = rows.iter().map(|&(b, r)| starts[b] + r as u32).collect();
+            w.write(&layout.apply(&arrow::compute::take_record_batch(&all, &idx)?.project(stored_columns())?)?)?;
+        }
+        Ok(())
+    };
+    // Row groups end at a trace boundary once they hold `row_group_rows`, so a trace's rows
+    // are in one row group (one read for a lookup, and what `parent_offset` needs); a trace
+    // longer than `MAX_GROUP_FACTOR` groups is split, at a chunk boundary, so that no run of
+    // a trace handed to `Layout::apply` crosses row groups.
+    let target = cfg.row_group_rows.max(1);
+    let hard = target.saturating_mul(MAX_GROUP_FACTOR);
+    let (mut chunk_from, mut group_rows) = (0usize, 0usize);
+    for (i, &from) in trace_starts.iter().enumerate() {
+        let to = trace_starts.get(i + 1).copied().unwrap_or(kept.len());
+        let mut at = from;
+        while hard - group_rows < to - at {
+            at += hard - group_rows;
+            write(&mut w, &kept[chunk_from..at])?;
+            w.flush()?;
+            (chunk_from, group_rows) = (at, 0);
+        }
+        group_rows += to - at;
+        if group_rows >= target {
+            write(&mut w, &kept[chunk_from..to])?;
+            w.flush()?;
+            (chunk_from, group_rows) = (to, 0);
+        } else if to - chunk_from >= CHUNK_ROWS {
+            write(&mut w, &kept[chunk_from..to])?;
+            chunk_from = to;
+        }
     }
+    write(&mut w, &kept[chunk_from..])?;
     drop(all);
     let bytes = w.into_inner()?;
     if kept.is_empty() {
         (min_start, max_start, max_end) = (0, 0, 0);
     }
-    Ok(Encoded { bytes, rows: kept.len() as u64, duplicates, min_start_ns: min_start, max_start_ns: max_start, max_end_ns: max_end })
+    let columns = layout.extra_columns();
+    Ok(Encoded {
+        bytes,
+        rows: kept.len() as u64,
+        duplicates,
+        min_start_ns: min_start,
+        max_start_ns: max_start,
+        max_end_ns: max_end,
+        columns,
+    })
 }
 
 /// Encodes `batches` of a `logs` or `metrics` table (with `time` and `fingerprint` columns) as
@@ -175,5 +244,13 @@ pub fn encode_table(
         (Some(a), Some(b)) => (a.0, b.0),
         _ => (0, 0),
     };
-    Ok(Encoded { bytes: w.into_inner()?, rows: order.len() as u64, duplicates, min_start_ns: lo, max_start_ns: hi, max_end_ns: hi })
+    Ok(Encoded {
+        bytes: w.into_inner()?,
+        rows: order.len() as u64,
+        duplicates,
+        min_start_ns: lo,
+        max_start_ns: hi,
+        max_end_ns: hi,
+        columns: Vec::new(),
+    })
 }

@@ -1,0 +1,193 @@
+//! Reading span blocks in SQL: the Parquet scan over the blocks' own layout, then
+//! [`RestoreExec`], which turns its batches back into the stored `spans` schema (see
+//! `skein_columnar::spans::layout`: attribute columns and parent offsets).
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use futures::StreamExt;
+use skein_columnar::spans::layout::{PARENT_OFFSET, extra_field, restore};
+use skein_columnar::spans::stored_schema;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// What a scan of span blocks reads, for one projection of the stored schema.
+pub(super) struct BlockRead {
+    /// The schema the Parquet scan reads the blocks as: the stored schema, `parent_offset` and
+    /// every attribute column of any of the blocks (a block without one reads it as nulls).
+    pub file_schema: SchemaRef,
+    /// Columns of `file_schema` to read.
+    pub projection: Vec<usize>,
+    /// The projected stored schema the table returns.
+    pub out: SchemaRef,
+    /// Whether `parent_span_id` is rebuilt from offsets, which needs every row of a trace's
+    /// run in a row group: no page pruning, no row filter, no limit in the scan.
+    pub whole_traces: bool,
+}
+
+impl BlockRead {
+    /// The read of `projection` (of the stored schema; `None` is every column) from blocks
+    /// whose extra columns (from their manifest entries) are `columns`.
+    pub fn new<'a>(projection: Option<&Vec<usize>>, columns: impl Iterator<Item = &'a str>) -> Result<Self> {
+        let stored = stored_schema();
+        let names: BTreeSet<&str> = columns.collect();
+        let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let offset_at = fields.len();
+        fields.push(Field::new(PARENT_OFFSET, arrow::datatypes::DataType::Int32, true));
+        fields.extend(names.iter().filter(|n| **n != PARENT_OFFSET).filter_map(|n| extra_field(n)));
+        let file_schema = Arc::new(Schema::new(fields));
+        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..stored.fields().len()).collect());
+        let out = Arc::new(stored.project(&wanted)?);
+        let index = |name: &str| stored.index_of(name).map_err(DataFusionError::from);
+        let mut read: BTreeSet<usize> = wanted.iter().copied().collect();
+        let has = |name: &str| out.fields().iter().any(|f| f.name() == name);
+        if has("attributes") || has("attribute_types") {
+            read.insert(index("attributes")?);
+            read.insert(index("attribute_types")?);
+            read.extend(offset_at + 1..file_schema.fields().len());
+        }
+        let whole_traces = has("parent_span_id");
+        if whole_traces {
+            for c in ["trace_id", "span_id", "parent_span_id"] {
+                read.insert(index(c)?);
+            }
+            read.insert(offset_at);
+        }
+        Ok(Self { file_schema, projection: read.into_iter().collect(), out, whole_traces })
+    }
+}
+
+/// Columns whose block values are not the table's (rebuilt by [`RestoreExec`]), so a filter
+/// on them must not be pushed into the Parquet scan.
+pub(super) fn rebuilt(column: &str) -> bool {
+    matches!(column, "attributes" | "attribute_types" | "parent_span_id")
+}
+
+/// Turns batches of span blocks (read as [`BlockRead::file_schema`]) into the stored schema.
+#[derive(Debug)]
+pub(super) struct RestoreExec {
+    input: Arc<dyn ExecutionPlan>,
+    out: SchemaRef,
+    whole_traces: bool,
+    properties: Arc<PlanProperties>,
+}
+
+impl RestoreExec {
+    pub(super) fn new(input: Arc<dyn ExecutionPlan>, out: SchemaRef, whole_traces: bool) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&out)),
+            input.properties().output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { input, out, whole_traces, properties }
+    }
+}
+
+impl DisplayAs for RestoreExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RestoreExec: whole_traces={}", self.whole_traces)
+    }
+}
+
+impl ExecutionPlan for RestoreExec {
+    fn name(&self) -> &str {
+        "RestoreExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(&self, _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        // It does, but its output schema is not its input's, so it claims no ordering: a sort
+        // stays above it.
+        vec![false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // Repartitioning its input would split a trace's rows between partitions, which the
+        // parent offsets cannot be resolved across.
+        vec![false]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::new(input, Arc::clone(&self.out), self.whole_traces))),
+            _ => Err(DataFusionError::Internal("RestoreExec has one child".into())),
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let out = Arc::clone(&self.out);
+        if !self.whole_traces {
+            let o = Arc::clone(&out);
+            let s = input.map(move |b| b.and_then(|b| restore(&b, &o).map_err(DataFusionError::from)));
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(out, s)));
+        }
+        // A batch boundary may fall inside a trace: hold back the last trace's rows until the
+        // next batch (or the end) shows whether it goes on.
+        let o = Arc::clone(&out);
+        let s = futures::stream::unfold(Some((input, None::<RecordBatch>)), move |state| {
+            let out = Arc::clone(&o);
+            async move {
+                let (mut input, mut held) = state?;
+                loop {
+                    match input.next().await {
+                        Some(Ok(b)) => match split_last_trace(held.take(), b) {
+                            Ok((ready, rest)) => {
+                                held = rest;
+                                if let Some(ready) = ready {
+                                    return Some((restore(&ready, &out).map_err(DataFusionError::from), Some((input, held))));
+                                }
+                            }
+                            Err(e) => return Some((Err(e), None)),
+                        },
+                        Some(Err(e)) => return Some((Err(e), None)),
+                        None => return held.map(|h| (restore(&h, &out).map_err(DataFusionError::from), None)),
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out, s)))
+    }
+}
+
+/// `held` followed by `next`, split before the last trace's rows: (the rows before, if any;
+/// the last trace's rows).
+fn split_last_trace(held: Option<RecordBatch>, next: RecordBatch) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
+    let b = match held {
+        Some(h) => arrow::compute::concat_batches(next.schema_ref(), [&h, &next])?,
+        None => next,
+    };
+    let n = b.num_rows();
+    if n == 0 {
+        return Ok((None, None));
+    }
+    let ids = b
+        .column_by_name("trace_id")
+        .and_then(|c| c.as_fixed_size_binary_opt())
+        .ok_or_else(|| DataFusionError::Internal("a span block read without trace_id".into()))?;
+    let last = ids.value(n - 1);
+    let mut cut = n - 1;
+    while cut > 0 && ids.value(cut - 1) == last {
+        cut -= 1;
+    }
+    let ready = (cut > 0).then(|| b.slice(0, cut));
+    Ok((ready, Some(b.slice(cut, n - cut))))
+}
