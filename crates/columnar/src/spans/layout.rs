@@ -381,11 +381,11 @@ fn parent_offsets(batch: &RecordBatch) -> Result<(FixedSizeBinaryArray, Int32Arr
         for r in start..end {
             rows_of.insert(span.value(r), r);
         }
-        for r in start..end {
+        for (r, offset) in offsets.iter_mut().enumerate().take(end).skip(start) {
             let p = parent.is_valid(r).then(|| parent.value(r));
             match p.and_then(|p| rows_of.get(p)) {
                 Some(&at) if at != r => {
-                    offsets[r] = i32::try_from(at as i64 - r as i64).map_err(|_| ArrowError::ComputeError("trace run too long".into()))?;
+                    *offset = i32::try_from(at as i64 - r as i64).map_err(|_| ArrowError::ComputeError("trace run too long".into()))?;
                     kept.push(None);
                 }
                 _ => kept.push(p),
