@@ -284,3 +284,42 @@ async fn blocks_written_with_end_time_still_read_and_compact() {
     assert_eq!(ends(s.trace(&TraceId([1; 16])).await.unwrap()), want, "read from the compacted block");
     assert_eq!(count(&s, 2).await, 4);
 }
+
+/// Blocks of thousands of spans (more than one read batch, so traces straddle batches) keep
+/// every span's parent and attributes through a flush and a compaction.
+#[tokio::test]
+async fn large_blocks_compact_with_parents_and_attributes_intact() {
+    use skein_otlp::synth::{Synth, SynthConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig { retention: Duration::secs(0), ..Default::default() };
+    let s = open(dir.path(), storage).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mut synth = Synth::new(SynthConfig::default());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..5 {
+            let (r, t) = synth.batch(20, now);
+            ids.extend(t);
+            s.ingest_traces(r).await.unwrap();
+        }
+        s.flush_now().await.unwrap();
+    }
+    let read = |s: Arc<Store>| {
+        let ids = ids.clone();
+        async move {
+            let mut all = Vec::new();
+            for id in &ids {
+                let mut spans: Vec<String> = s.trace(&TraceId(*id)).await.unwrap().iter().map(|r| format!("{r:?}")).collect();
+                spans.sort();
+                all.push(spans);
+            }
+            all
+        }
+    };
+    let before = read(Arc::clone(&s)).await;
+    assert!(before.iter().map(Vec::len).sum::<usize>() > 4000);
+    assert_eq!(s.snapshot().blocks.len(), 2);
+    s.compact_and_expire().await.unwrap();
+    assert_eq!(s.snapshot().blocks.len(), 1);
+    assert_eq!(read(Arc::clone(&s)).await, before);
+}

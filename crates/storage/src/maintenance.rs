@@ -395,8 +395,16 @@ impl Store {
             let perr = |source| Error::Parquet { path: b.path.clone(), source };
             let stream = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(perr)?.build().map_err(perr)?;
             let read: Vec<RecordBatch> = stream.try_collect().await.map_err(perr)?;
-            for r in read {
-                batches.push(Arc::new(if table == Table::Spans { with_end_time(&restore(&r, &stored_schema())?)? } else { r }));
+            if table == Table::Spans {
+                // A block's batches together: a parent is named by its row in the trace, which
+                // may be in the batch before.
+                if let Some(first) = read.first() {
+                    let all = arrow::compute::concat_batches(first.schema_ref(), &read)?;
+                    drop(read);
+                    batches.push(Arc::new(with_end_time(&restore(&all, &stored_schema())?)?));
+                }
+            } else {
+                batches.extend(read.into_iter().map(Arc::new));
             }
             for (s, ops) in &b.operations {
                 operations.entry(s.clone()).or_default().extend(ops.iter().cloned());
