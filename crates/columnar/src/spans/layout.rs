@@ -59,6 +59,10 @@ pub const MAX_COLUMNS: usize = 128;
 /// A key becomes a column when at least one span in this many has it (1 %).
 const MIN_SHARE: u64 = 100;
 
+/// ... and at least this many spans have it: a small block keeps its attributes in the map
+/// rather than adding columns that a query over many blocks would have to carry.
+const MIN_COUNT: u64 = 100;
+
 /// A string or bool column with at most this many distinct values in a block is filled.
 const FILL_MAX_DISTINCT: usize = 2;
 
@@ -155,7 +159,7 @@ struct Seen<'a> {
 impl Layout {
     /// The columns for the spans of `batches` (of [`schema`](super::schema) or
     /// [`stored_schema`](super::stored_schema)): every (key, tag) that at least 1 % of the
-    /// spans have, the most common first, at most [`MAX_COLUMNS`]; a string or bool column
+    /// spans, and at least 100, have, the most common first, at most [`MAX_COLUMNS`]; a string or bool column
     /// with at most [`FILL_MAX_DISTINCT`] values is filled.
     pub fn choose(batches: &[&RecordBatch]) -> Self {
         let mut seen: HashMap<(&str, u8), Seen<'_>> = HashMap::new();
@@ -188,7 +192,7 @@ impl Layout {
             }
         }
         let mut common: Vec<((&str, u8), Seen<'_>)> =
-            seen.into_iter().filter(|(_, s)| s.count * MIN_SHARE >= rows && s.count > 0).collect();
+            seen.into_iter().filter(|(_, s)| s.count * MIN_SHARE >= rows && s.count >= MIN_COUNT).collect();
         common.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
         common.truncate(MAX_COLUMNS);
         let columns = common
@@ -196,7 +200,12 @@ impl Layout {
             .map(|((key, tag), s)| Column {
                 key: key.to_string(),
                 tag,
-                fill: s.values.and_then(|v| v.into_iter().max_by_key(|(x, n)| (*n, std::cmp::Reverse(*x))).map(|(x, _)| x.to_string())),
+                fill: s
+                    .values
+                    .and_then(|v| v.into_iter().max_by_key(|(x, n)| (*n, std::cmp::Reverse(*x))).map(|(x, _)| x.to_string()))
+                    // A bool column is filled only with a value it can hold (a damaged stored
+                    // bool is neither, and goes to the map).
+                    .filter(|x| tag != tag::BOOL || x == "true" || x == "false"),
             })
             .collect();
         Self::with_columns(columns)
@@ -289,18 +298,25 @@ impl Layout {
         let mut filled = vec![false; cols.len()];
         let (mut buf, mut missing) = (Vec::new(), Vec::new());
         let mut lookup = (String::new(), 0u8);
+        let mut row_keys: Vec<&str> = Vec::new();
         for row in 0..rows {
             filled.iter_mut().for_each(|f| *f = false);
+            row_keys.clear();
             let offsets = &map.value_offsets()[row..row + 2];
             let row_tags = types.value(row);
             for (n, i) in (offsets[0] as usize..offsets[1] as usize).enumerate() {
                 let (k, v) = (keys.value(i), vals.value(i));
                 let t = row_tags.get(n).copied().unwrap_or(tag::STRING);
+                // Only a key's first entry in a span may go to a column: restoring puts column
+                // entries before map entries, so a repeated key keeps its entries' order (and
+                // a lookup its first value) whatever their types.
+                let first = !row_keys.contains(&k);
+                row_keys.push(k);
                 lookup.0.clear();
                 lookup.0.push_str(k);
                 lookup.1 = t;
                 let placed = match self.index.get(&lookup) {
-                    Some(&c) if !filled[c] => {
+                    Some(&c) if first && !filled[c] => {
                         let ok = cols[c].push(v, &mut buf);
                         filled[c] |= ok;
                         ok
@@ -320,7 +336,9 @@ impl Layout {
                 }
                 match &self.columns[c].fill {
                     Some(v) => {
-                        col.push(v, &mut buf);
+                        if !col.push(v, &mut buf) {
+                            return Err(ArrowError::InvalidArgumentError(format!("{} cannot hold its fill value {v:?}", names[c])));
+                        }
                         push_name(&mut missing, &names[c]);
                     }
                     None => col.append_null(),

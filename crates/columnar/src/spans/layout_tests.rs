@@ -41,7 +41,7 @@ fn sorted(batch: &RecordBatch) -> RecordBatch {
 
 #[test]
 fn synthetic_spans_round_trip_through_the_block_layout() {
-    let (req, _) = Synth::new(SynthConfig { error_ratio: 0.3, ..Default::default() }).batch(40, NOW);
+    let (req, _) = Synth::new(SynthConfig { error_ratio: 0.3, ..Default::default() }).batch(160, NOW);
     let input = stored(&req);
     let layout = Layout::choose(&[&input]);
     assert!(layout.len() > 20, "{}", layout.len());
@@ -116,8 +116,9 @@ fn odd_attributes_and_parents_come_back_exactly() {
 
 #[test]
 fn filled_columns_keep_absent_keys_absent() {
-    // `db.system` is on every other span with one value: the column is filled, not null.
-    let spans: Vec<Span> = (0..40u8)
+    // `db.system` is on every other span with one value: the column is filled, not null; a
+    // bool on every third.
+    let spans: Vec<Span> = (0..=240u8)
         .map(|i| {
             let mut a = vec![kv("n", Value::IntValue(i64::from(i)))];
             if i % 2 == 0 {
@@ -126,7 +127,7 @@ fn filled_columns_keep_absent_keys_absent() {
             if i % 3 == 0 {
                 a.push(kv("flag", Value::BoolValue(i % 6 == 0)));
             }
-            span(1, i + 1, (i > 0).then_some(1), u64::from(i), a)
+            span(1 + i / 100, i.wrapping_add(1), (i % 100 > 0).then_some(1 + i / 100 * 100), u64::from(i), a)
         })
         .collect();
     let input = stored(&request(spans));
@@ -164,4 +165,30 @@ fn a_projection_reads_only_what_it_names_and_a_split_trace_is_an_error() {
     // Without `span_id` the parents cannot be looked up either.
     let no_ids = block.project(&(0..block.num_columns()).filter(|&i| i != col::SPAN_ID).collect::<Vec<_>>()).unwrap();
     assert!(restore(&no_ids, &parents).unwrap_err().to_string().contains("span_id"));
+}
+
+#[test]
+fn a_repeated_key_keeps_its_first_value_whatever_the_types() {
+    // 200 spans with `k` as an int (so `attr:i:k` is a column), some repeating `k` as a string
+    // before or after the int: a lookup finds the first entry, before and after.
+    let spans: Vec<Span> = (0..200u8)
+        .map(|i| {
+            let a = match i % 3 {
+                0 => vec![kv("k", Value::StringValue("first".into())), kv("k", Value::IntValue(1))],
+                1 => vec![kv("k", Value::IntValue(2)), kv("k", Value::StringValue("second".into()))],
+                _ => vec![kv("k", Value::IntValue(3))],
+            };
+            span(1 + i / 50, i.wrapping_add(1), None, u64::from(i), a)
+        })
+        .collect();
+    let input = stored(&request(spans));
+    let layout = Layout::choose(&[&input]);
+    assert!(layout.column_names().any(|c| c == "attr:i:k"));
+    let back = round_trip(&input, &layout);
+    assert_eq!(records(&back), records(&input));
+    let (a, b) = (with_end_time(&input).unwrap(), with_end_time(&back).unwrap());
+    let (a, b) = (SpanView::new(&a), SpanView::new(&b));
+    for r in 0..a.len() {
+        assert_eq!(b.attribute(r, "k"), a.attribute(r, "k"), "row {r}");
+    }
 }

@@ -140,26 +140,27 @@ impl ExecutionPlan for RestoreExec {
             let s = input.map(move |b| b.and_then(|b| restore(&b, &o).map_err(DataFusionError::from)));
             return Ok(Box::pin(RecordBatchStreamAdapter::new(out, s)));
         }
-        // A batch boundary may fall inside a trace: hold back the last trace's rows until the
-        // next batch (or the end) shows whether it goes on.
+        // A batch boundary may fall inside a trace: hold back the last trace's rows until a
+        // batch shows where it ends (or the input ends). The held rows are copied once, when
+        // the trace is complete.
         let o = Arc::clone(&out);
-        let s = futures::stream::unfold(Some((input, None::<RecordBatch>)), move |state| {
+        let s = futures::stream::unfold(Some((input, Vec::<RecordBatch>::new())), move |state| {
             let out = Arc::clone(&o);
             async move {
                 let (mut input, mut held) = state?;
                 loop {
                     match input.next().await {
-                        Some(Ok(b)) => match split_last_trace(held.take(), b) {
-                            Ok((ready, rest)) => {
-                                held = rest;
-                                if let Some(ready) = ready {
-                                    return Some((restore(&ready, &out).map_err(DataFusionError::from), Some((input, held))));
-                                }
-                            }
+                        Some(Ok(b)) => match take_complete(&mut held, b) {
+                            Ok(Some(ready)) => return Some((restore(&ready, &out).map_err(DataFusionError::from), Some((input, held)))),
+                            Ok(None) => {}
                             Err(e) => return Some((Err(e), None)),
                         },
                         Some(Err(e)) => return Some((Err(e), None)),
-                        None => return held.map(|h| (restore(&h, &out).map_err(DataFusionError::from), None)),
+                        None if held.is_empty() => return None,
+                        None => {
+                            let rest = concat(&held).and_then(|b| restore(&b, &out).map_err(DataFusionError::from));
+                            return Some((rest, None));
+                        }
                     }
                 }
             }
@@ -168,26 +169,79 @@ impl ExecutionPlan for RestoreExec {
     }
 }
 
-/// `held` followed by `next`, split before the last trace's rows: (the rows before, if any;
-/// the last trace's rows).
-fn split_last_trace(held: Option<RecordBatch>, next: RecordBatch) -> Result<(Option<RecordBatch>, Option<RecordBatch>)> {
-    let b = match held {
-        Some(h) => arrow::compute::concat_batches(next.schema_ref(), [&h, &next])?,
-        None => next,
-    };
-    let n = b.num_rows();
-    if n == 0 {
-        return Ok((None, None));
-    }
-    let ids = b
-        .column_by_name("trace_id")
+fn trace_ids(b: &RecordBatch) -> Result<&arrow::array::FixedSizeBinaryArray> {
+    b.column_by_name("trace_id")
         .and_then(|c| c.as_fixed_size_binary_opt())
-        .ok_or_else(|| DataFusionError::Internal("a span block read without trace_id".into()))?;
+        .ok_or_else(|| DataFusionError::Internal("a span block read without trace_id".into()))
+}
+
+fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    match batches {
+        [one] => Ok(one.clone()),
+        _ => {
+            let schema = batches
+                .first()
+                .map(|b| Arc::clone(b.schema_ref()))
+                .ok_or_else(|| DataFusionError::Internal("nothing to concatenate".into()))?;
+            Ok(arrow::compute::concat_batches(&schema, batches)?)
+        }
+    }
+}
+
+/// Adds `next` to the rows held back (all of one trace, the last one seen) and returns the rows
+/// now known to be complete traces, if any: the held rows and `next`'s rows up to the start of
+/// its last trace, which becomes the new held rows.
+fn take_complete(held: &mut Vec<RecordBatch>, next: RecordBatch) -> Result<Option<RecordBatch>> {
+    let n = next.num_rows();
+    if n == 0 {
+        return Ok(None);
+    }
+    let ids = trace_ids(&next)?;
     let last = ids.value(n - 1);
     let mut cut = n - 1;
     while cut > 0 && ids.value(cut - 1) == last {
         cut -= 1;
     }
-    let ready = (cut > 0).then(|| b.slice(0, cut));
-    Ok((ready, Some(b.slice(cut, n - cut))))
+    let held_id = match held.last() {
+        Some(h) if h.num_rows() > 0 => Some(trace_ids(h)?.value(h.num_rows() - 1).to_vec()),
+        _ => None,
+    };
+    if cut == 0 && held_id.as_deref().is_none_or(|h| h == last) {
+        // The whole batch is the held trace (or starts one): keep holding.
+        held.push(next);
+        return Ok(None);
+    }
+    let mut parts = std::mem::take(held);
+    parts.push(next.slice(0, cut));
+    held.push(next.slice(cut, n - cut));
+    concat(&parts).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, FixedSizeBinaryArray};
+
+    fn batch(traces: &[u8]) -> RecordBatch {
+        let ids = FixedSizeBinaryArray::try_from_sparse_iter_with_size(traces.iter().map(|t| Some(vec![*t; 16])), 16).unwrap();
+        RecordBatch::try_from_iter([("trace_id", Arc::new(ids) as arrow::array::ArrayRef)]).unwrap()
+    }
+
+    fn ids(b: &RecordBatch) -> Vec<u8> {
+        let a = trace_ids(b).unwrap();
+        (0..a.len()).map(|i| a.value(i)[0]).collect()
+    }
+
+    #[test]
+    fn traces_longer_than_a_batch_are_released_whole() {
+        let mut held = Vec::new();
+        assert!(take_complete(&mut held, batch(&[1, 1])).unwrap().is_none());
+        assert!(take_complete(&mut held, batch(&[1, 1])).unwrap().is_none());
+        assert!(take_complete(&mut held, batch(&[])).unwrap().is_none());
+        assert_eq!(ids(&take_complete(&mut held, batch(&[1, 2])).unwrap().unwrap()), [1, 1, 1, 1, 1]);
+        assert!(take_complete(&mut held, batch(&[2])).unwrap().is_none());
+        assert_eq!(ids(&take_complete(&mut held, batch(&[3, 3])).unwrap().unwrap()), [2, 2]);
+        assert_eq!(ids(&take_complete(&mut held, batch(&[3, 4, 4, 5])).unwrap().unwrap()), [3, 3, 3, 4, 4]);
+        assert_eq!(ids(&concat(&held).unwrap()), [5]);
+    }
 }
