@@ -7,6 +7,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -215,6 +216,74 @@ fn take_complete(held: &mut Vec<RecordBatch>, next: RecordBatch) -> Result<Optio
     parts.push(next.slice(0, cut));
     held.push(next.slice(cut, n - cut));
     concat(&parts).map(Some)
+}
+
+/// A filter on the block batches (before [`RestoreExec`]) that keeps every row `filters`
+/// keep, and drops most of the others before the costly rebuild of the attribute maps:
+/// each `attributes['k'] = 'v'` in them (alone or under AND/OR) becomes "the residual map's
+/// `k` is `v`, or one of `k`'s attribute columns is". `None` when no filter has such a term,
+/// or when a term cannot be checked on the columns (a double column for `k`, whose text form
+/// only the rebuild produces). Filters that cannot be translated are left out, which only
+/// keeps more rows; `RestoreExec`'s output is filtered again by DataFusion anyway.
+pub(super) fn attribute_prefilter(filters: &[Expr], schema: &Schema) -> Option<Expr> {
+    let mut rewrote = false;
+    let parts: Vec<Expr> = filters.iter().filter_map(|f| prefilter(f, schema, &mut rewrote)).collect();
+    if !rewrote {
+        return None;
+    }
+    let all = datafusion::logical_expr::utils::conjunction(parts)?;
+    // Every column it reads must be in the scan's output.
+    all.column_refs().iter().all(|c| schema.field_with_name(&c.name).is_ok()).then_some(all)
+}
+
+fn prefilter(e: &Expr, schema: &Schema, rewrote: &mut bool) -> Option<Expr> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    if let Expr::BinaryExpr(BinaryExpr { left, op: op @ (Operator::And | Operator::Or), right }) = e {
+        let (l, r) = (prefilter(left, schema, rewrote)?, prefilter(right, schema, rewrote)?);
+        return Some(Expr::BinaryExpr(BinaryExpr::new(Box::new(l), *op, Box::new(r))));
+    }
+    if e.column_refs().iter().all(|c| !rebuilt(&c.name)) {
+        return Some(e.clone());
+    }
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
+    let (key, value) = match (attribute_key(left), literal_str(right)) {
+        (Some(k), Some(v)) => (k, v),
+        _ => (attribute_key(right)?, literal_str(left)?),
+    };
+    let mut any = e.clone();
+    for f in schema.fields() {
+        let Some((k, t)) = skein_columnar::spans::layout::parse_column_name(f.name()) else { continue };
+        if k != key {
+            continue;
+        }
+        let column = Expr::Column(datafusion::common::Column::new_unqualified(f.name()));
+        let text = match t {
+            skein_columnar::value::tag::DOUBLE => return None,
+            skein_columnar::value::tag::INT | skein_columnar::value::tag::BOOL => {
+                Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(column), arrow::datatypes::DataType::Utf8))
+            }
+            _ => column,
+        };
+        any = any.or(text.eq(datafusion::logical_expr::lit(value)));
+    }
+    *rewrote = true;
+    Some(any)
+}
+
+/// `k` of `attributes['k']`.
+fn attribute_key(e: &Expr) -> Option<&str> {
+    let Expr::ScalarFunction(f) = e else { return None };
+    match (f.func.name(), f.args.as_slice()) {
+        ("get_field", [Expr::Column(c), Expr::Literal(k, _)]) if c.name == "attributes" => k.try_as_str().flatten(),
+        _ => None,
+    }
+}
+
+fn literal_str(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Literal(v, _) => v.try_as_str().flatten(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

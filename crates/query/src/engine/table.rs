@@ -126,6 +126,18 @@ impl TableProvider for SpansTable {
             if read.whole_traces { None } else { limit },
             |s| if read.whole_traces { s.with_enable_page_index(false).with_pushdown_filters(false) } else { s },
         )?;
+        // Attribute filters, checked on the block's columns first, so only the rows that can
+        // match pay for rebuilding their attribute maps (not when parents are rebuilt: that
+        // needs every row of a trace).
+        let output = Arc::new(read.file_schema.project(&read.projection)?);
+        let prefilter = if read.whole_traces { None } else { restore::attribute_prefilter(filters, &output) };
+        let scan = match (scan, prefilter) {
+            (Some(p), Some(f)) => {
+                let predicate = state.create_physical_expr(f, &DFSchema::try_from(Arc::clone(&output))?)?;
+                Some(Arc::new(datafusion::physical_plan::filter::FilterExec::try_new(predicate, p)?) as Arc<dyn ExecutionPlan>)
+            }
+            (scan, _) => scan,
+        };
         let blocks_plan = scan.map(|p| Arc::new(RestoreExec::new(p, Arc::clone(&read.out), read.whole_traces)) as Arc<dyn ExecutionPlan>);
         union_scan(state, &schema, head, blocks_plan, projection, limit)
     }
