@@ -475,7 +475,7 @@ fn attribute_types_of(b: &RecordBatch) -> Option<&arrow::array::BinaryArray> {
 }
 
 /// Whether `schema` (of a block or a read of one) has dedicated attribute columns.
-pub fn is_pivoted(schema: &Schema) -> bool {
+pub fn has_attribute_columns(schema: &Schema) -> bool {
     schema.fields().iter().any(|f| parse_column_name(f.name()).is_some())
 }
 
@@ -491,8 +491,11 @@ pub fn is_pivoted(schema: &Schema) -> bool {
 /// in `batch`, or an attribute column has a type it cannot have (a damaged block).
 pub fn restore(batch: &RecordBatch, out: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     let wants = |name: &str| out.fields().iter().any(|f| f.name() == name);
-    let attrs =
-        if (wants("attributes") || wants("attribute_types")) && is_pivoted(batch.schema_ref()) { Some(rebuild(batch)?) } else { None };
+    let attrs = if (wants("attributes") || wants("attribute_types")) && has_attribute_columns(batch.schema_ref()) {
+        Some(rebuild(batch)?)
+    } else {
+        None
+    };
     let parents = match batch.column_by_name(PARENT_OFFSET) {
         Some(offsets) if wants("parent_span_id") => Some(parents(batch, offsets)?),
         _ => None,
