@@ -1,8 +1,10 @@
 //! Blocks: the head's spans persisted as Parquet files on the object store.
 //!
-//! A block holds the `spans` schema of `skein_columnar` unchanged, sorted by trace id and then
-//! start time, so that all spans of a trace are adjacent: trace-by-id reads one run of rows,
-//! and the columns of a trace (its id, its resource, its start times) compress together.
+//! A block holds the stored `spans` schema of `skein_columnar` in its block layout
+//! (`skein_columnar::spans::layout`: common attributes as columns, parents as row offsets),
+//! sorted by trace id and then start time, so that all spans of a trace are adjacent, in one
+//! row group: trace-by-id reads one run of rows, and the columns of a trace (its id, its
+//! resource, its start times) compress together. Reads restore the stored schema.
 //! See [`write`] for the Parquet layout and [`crate::manifest`] for how blocks are listed.
 //!
 //! Reading a trace ([`Block::read_trace`]) uses three levels of pruning, all from metadata kept

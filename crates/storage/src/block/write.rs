@@ -1,6 +1,8 @@
 //! Encoding spans as a block: one Parquet file of the stored schema (no `end_time`, which is
-//! start + duration), sorted by trace id (then start time), zstd, with page statistics on every
-//! column and a bloom filter on `trace_id`.
+//! start + duration) in the block layout of `skein_columnar::spans::layout` (attribute columns,
+//! parent offsets), sorted by trace id (then start time), row groups ending at trace
+//! boundaries, zstd, row-group statistics on every column, a page index on the columns queries
+//! prune by, and a bloom filter on `trace_id`.
 
 use crate::config::BlockConfig;
 use arrow::array::{RecordBatch, UInt32Array};
