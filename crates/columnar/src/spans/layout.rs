@@ -140,16 +140,15 @@ struct Column {
 }
 
 /// The layout of one block: its dedicated attribute columns.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Layout {
     /// Sorted by (key, tag).
     columns: Vec<Column>,
     index: HashMap<(String, u8), usize>,
-    schema: Option<SchemaRef>,
+    schema: SchemaRef,
 }
 
 /// Values of one (key, tag) in the batches a layout is chosen for.
-#[derive(Default)]
 struct Seen<'a> {
     count: u64,
     /// Distinct values and their counts, while there are at most [`FILL_MAX_DISTINCT`].
@@ -159,8 +158,8 @@ struct Seen<'a> {
 impl Layout {
     /// The columns for the spans of `batches` (of [`schema`](super::schema) or
     /// [`stored_schema`](super::stored_schema)): every (key, tag) that at least 1 % of the
-    /// spans, and at least 100, have, the most common first, at most [`MAX_COLUMNS`]; a string or bool column
-    /// with at most [`FILL_MAX_DISTINCT`] values is filled.
+    /// spans, and at least 100, have, the most common first, at most [`MAX_COLUMNS`]; a string
+    /// or bool column with at most [`FILL_MAX_DISTINCT`] values is filled.
     pub fn choose(batches: &[&RecordBatch]) -> Self {
         let mut seen: HashMap<(&str, u8), Seen<'_>> = HashMap::new();
         let mut rows = 0u64;
@@ -220,9 +219,8 @@ impl Layout {
         columns.sort_by(|a, b| (&a.key, a.tag).cmp(&(&b.key, b.tag)));
         columns.dedup_by(|a, b| a.key == b.key && a.tag == b.tag);
         let index = columns.iter().enumerate().map(|(i, c)| ((c.key.clone(), c.tag), i)).collect();
-        let mut layout = Self { columns, index, schema: None };
-        layout.schema = Some(layout.make_schema());
-        layout
+        let schema = block_schema(&columns);
+        Self { columns, index, schema }
     }
 
     /// Number of dedicated columns.
@@ -251,21 +249,12 @@ impl Layout {
         [PARENT_OFFSET.to_string(), ABSENT.to_string()].into_iter().chain(self.column_names()).collect()
     }
 
-    fn make_schema(&self) -> SchemaRef {
-        let stored = stored_schema();
-        let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(Field::new(PARENT_OFFSET, DataType::Int32, false));
-        fields.push(Field::new(ABSENT, absent_type(), false));
-        fields.extend(self.columns.iter().map(|c| Field::new(column_name(&c.key, c.tag), data_type(c.tag), c.fill.is_none())));
-        Arc::new(Schema::new(fields))
-    }
-
     /// The schema of the block: [`stored_schema`](super::stored_schema) (whose `attributes`
     /// and `attribute_types` then hold only the entries without a column, and
     /// `parent_span_id` only the parents not named by offset), then `parent_offset`,
     /// `attr_absent` and the attribute columns.
     pub fn schema(&self) -> SchemaRef {
-        self.schema.clone().unwrap_or_else(|| self.make_schema())
+        Arc::clone(&self.schema)
     }
 
     /// `batch` (of [`stored_schema`](super::stored_schema)) in the block's schema. Each run
@@ -357,6 +346,15 @@ impl Layout {
         columns.extend(cols.into_iter().map(Col::finish));
         RecordBatch::try_new(self.schema(), columns)
     }
+}
+
+/// The schema of a block with attribute `columns` (see [`Layout::schema`]).
+fn block_schema(columns: &[Column]) -> SchemaRef {
+    let mut fields: Vec<Field> = stored_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(PARENT_OFFSET, DataType::Int32, false));
+    fields.push(Field::new(ABSENT, absent_type(), false));
+    fields.extend(columns.iter().map(|c| Field::new(column_name(&c.key, c.tag), data_type(c.tag), c.fill.is_none())));
+    Arc::new(Schema::new(fields))
 }
 
 /// Appends a length-prefixed column name to an [`ABSENT`] value.

@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 /// What a scan of span blocks reads, for one projection of the stored schema.
 pub(super) struct BlockRead {
-    /// The schema the Parquet scan reads the blocks as: the stored schema, `parent_offset` and
-    /// every attribute column of any of the blocks (a block without one reads it as nulls).
+    /// The schema the Parquet scan reads the blocks as: the stored schema, `parent_offset`,
+    /// `attr_absent` and every attribute column of any of the blocks (a block without one
+    /// reads it as nulls).
     pub file_schema: SchemaRef,
     /// Columns of `file_schema` to read.
     pub projection: Vec<usize>,

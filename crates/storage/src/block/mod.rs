@@ -137,15 +137,20 @@ impl Block {
             .build()
             .map_err(|e| self.parquet_err(e))?;
         let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.parquet_err(e))?;
-        // The trace's rows, together: a parent is named by its row within them.
-        let Some(first) = batches.first() else { return Ok(Vec::new()) };
-        let all = arrow::compute::concat_batches(first.schema_ref(), &batches)?;
-        let Some(ids) = all.column(col::TRACE_ID).as_any().downcast_ref::<FixedSizeBinaryArray>() else { return Ok(Vec::new()) };
-        let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.value(i) == &id[..])).collect();
-        if keep.true_count() == 0 {
-            return Ok(Vec::new());
+        // The trace's rows of every batch, then together: a parent is named by its row among
+        // them (they are one contiguous run in the block, so dropping the other traces' rows
+        // keeps the offsets right).
+        let mut rows = Vec::new();
+        for b in &batches {
+            let Some(ids) = b.column(col::TRACE_ID).as_any().downcast_ref::<FixedSizeBinaryArray>() else { continue };
+            let keep: BooleanArray = (0..ids.len()).map(|i| Some(ids.value(i) == &id[..])).collect();
+            if keep.true_count() > 0 {
+                rows.push(arrow::compute::filter_record_batch(b, &keep)?);
+            }
         }
-        Ok(vec![with_end_time(&restore(&arrow::compute::filter_record_batch(&all, &keep)?, &stored_schema())?)?])
+        let Some(first) = rows.first() else { return Ok(Vec::new()) };
+        let trace = arrow::compute::concat_batches(first.schema_ref(), &rows)?;
+        Ok(vec![with_end_time(&restore(&trace, &stored_schema())?)?])
     }
 }
 
