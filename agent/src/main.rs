@@ -160,24 +160,18 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         max_attributes_per_span: cfg.otlp.max_attributes_per_span,
         max_attribute_value_len: cfg.otlp.max_attribute_value_len,
     };
-    let inflight = cfg.otlp.max_inflight_bytes.bytes().max(cfg.otlp.max_body_size.bytes());
-    let ingest = Arc::new(AgentIngest::new(
-        identity.clone(),
-        &cfg.exporter.endpoints,
-        destinations,
-        limits,
-        usize::try_from(inflight).unwrap_or(usize::MAX),
-    ));
+    let ingest = Arc::new(AgentIngest::new(identity.clone(), &cfg.exporter.endpoints, destinations, limits));
 
     let grpc_l = bind("otlp.grpc_addr", &cfg.otlp.grpc_addr).await?;
     let http_l = bind("otlp.http_addr", &cfg.otlp.http_addr).await?;
     let admin_l = bind("admin.addr", &cfg.admin.addr).await?;
     let (grpc_addr, http_addr, admin_addr) = (grpc_l.local_addr()?, http_l.local_addr()?, admin_l.local_addr()?);
     let metrics = Arc::new(ServerMetrics::default());
-    let max_body = cfg.otlp.max_body_size.bytes() as usize;
+    let max_body = usize::try_from(cfg.otlp.max_body_size.bytes()).unwrap_or(usize::MAX);
+    let max_inflight = usize::try_from(cfg.otlp.max_inflight_bytes.bytes()).unwrap_or(usize::MAX);
     let (stop_rx_tx, stop_rx) = watch::channel(false);
     let (stop_tx_tx, stop_tx) = watch::channel(false);
-    let [grpc, http] = serve_otlp(ingest.clone(), grpc_l, http_l, max_body, Arc::clone(&metrics), stop_rx.clone());
+    let [grpc, http] = serve_otlp(ingest.clone(), grpc_l, http_l, max_body, max_inflight, Arc::clone(&metrics), stop_rx.clone());
     let state = Arc::new(admin::Admin::new(identity, ingest.clone(), exporters.clone(), metrics));
     let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait_for_true(stop_tx.clone()));
     let admin = tokio::spawn(async move { admin.await });

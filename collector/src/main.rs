@@ -90,10 +90,11 @@ async fn run(mut cfg: CollectorConfig, demo: bool) -> anyhow::Result<()> {
     };
     let collector = Arc::new(Collector::new(&cfg, Evaluator::new(rules), webhook.clone()));
     let metrics = Arc::new(ServerMetrics::default());
-    let max_body = cfg.otlp.max_body_size.bytes() as usize;
+    let max_body = usize::try_from(cfg.otlp.max_body_size.bytes()).unwrap_or(usize::MAX);
+    let max_inflight = usize::try_from(cfg.otlp.max_inflight_bytes.bytes()).unwrap_or(usize::MAX);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let otlp = serve_otlp(collector.clone(), grpc_l, http_l, max_body, Arc::clone(&metrics), shutdown_rx.clone());
+    let otlp = serve_otlp(collector.clone(), grpc_l, http_l, max_body, max_inflight, Arc::clone(&metrics), shutdown_rx.clone());
     let query = axum::serve(query_l, skein_server::query_router(collector.clone(), collector.clone(), Arc::clone(&metrics)))
         .with_graceful_shutdown(wait_for_true(shutdown_rx.clone()));
     let query = tokio::spawn(async move { query.await });

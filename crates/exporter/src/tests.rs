@@ -49,8 +49,8 @@ async fn serve(script: Arc<Script>) -> String {
     let addr = l.local_addr().unwrap();
     let m = Arc::new(skein_server::ServerMetrics::default());
     let svc = tonic::transport::Server::builder()
-        .add_service(skein_server::grpc_trace_service(script.clone(), 1 << 20, m.clone()))
-        .add_service(skein_server::grpc_logs_service(script, 1 << 20, m))
+        .add_service(skein_server::grpc_trace_service(script.clone(), 1 << 20, skein_server::BodyBudget::new(64 << 20), m.clone()))
+        .add_service(skein_server::grpc_logs_service(script, 1 << 20, skein_server::BodyBudget::new(64 << 20), m))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l));
     tokio::spawn(svc);
     format!("http://{addr}")

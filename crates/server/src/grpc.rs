@@ -4,6 +4,7 @@
 //! per-attribute allocation) and writes the same bytes to its WAL without re-encoding them.
 //! Responses are prost messages, encoded before they reach the codec.
 
+use crate::budget::{BodyBudget, Held};
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
 use crate::{BoxFuture, OtlpIngest};
@@ -65,7 +66,57 @@ pub(crate) fn grpc_status(e: &ApiError) -> tonic::Status {
 struct Export {
     signal: Signal,
     ingest: Arc<dyn OtlpIngest>,
+    budget: Arc<BodyBudget>,
     metrics: Arc<ServerMetrics>,
+}
+
+/// What one call holds of the budget: filled by its body as frames arrive, switched to the
+/// inflated message once tonic hands it over, dropped with the call.
+#[derive(Clone, Default)]
+struct CallHeld(Arc<parking_lot::Mutex<Held>>);
+
+/// A request body that takes each data frame's bytes from the budget as it arrives, and
+/// fails the call with `RESOURCE_EXHAUSTED` (tonic passes a `Status` error through) when the
+/// budget is spent, before tonic has buffered the whole message.
+struct BudgetBody<B> {
+    inner: std::pin::Pin<Box<B>>,
+    budget: Arc<BodyBudget>,
+    held: CallHeld,
+    metrics: Arc<ServerMetrics>,
+}
+
+impl<B> http_body::Body for BudgetBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(e) = this.budget.take(&mut this.held.0.lock(), data.len())
+                {
+                    this.metrics.count_busy(&e);
+                    return Poll::Ready(Some(Err(Box::new(grpc_status(&e)))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl tonic::server::UnaryService<Bytes> for Export {
@@ -76,7 +127,14 @@ impl tonic::server::UnaryService<Bytes> for Export {
         let this = self.clone();
         Box::pin(async move {
             let t = Instant::now();
-            let r = this.ingest.export_protobuf(this.signal, request.into_inner()).await;
+            let held = request.extensions().get::<CallHeld>().cloned().unwrap_or_default();
+            let msg = request.into_inner();
+            // The (inflated) message is what this call keeps from now on.
+            let admitted = this.budget.replace(&mut held.0.lock(), msg.len()).inspect_err(|e| this.metrics.count_busy(e));
+            let r = match admitted {
+                Ok(()) => this.ingest.export_protobuf(this.signal, msg).await,
+                Err(e) => Err(e),
+            };
             let label = crate::ingest::endpoint_label(this.signal, true);
             this.metrics.observe(label, r.as_ref().map(|_| 200).unwrap_or_else(|e| e.code.http_status()), t.elapsed());
             match r {
@@ -95,24 +153,44 @@ pub struct OtlpGrpcService<const TAG: u8> {
     max_message: usize,
 }
 
-fn service<const TAG: u8>(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<TAG> {
+fn service<const TAG: u8>(
+    ingest: Arc<dyn OtlpIngest>,
+    max_message: usize,
+    budget: Arc<BodyBudget>,
+    metrics: Arc<ServerMetrics>,
+) -> OtlpGrpcService<TAG> {
     let signal = Signal::from_tag(TAG).unwrap_or(Signal::Traces);
-    OtlpGrpcService { export: Export { signal, ingest, metrics }, max_message }
+    OtlpGrpcService { export: Export { signal, ingest, budget, metrics }, max_message }
 }
 
-/// The gRPC `TraceService` over `ingest`.
-pub fn grpc_trace_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<1> {
-    service(ingest, max_message, metrics)
+/// The gRPC `TraceService` over `ingest`; calls hold their bytes of `budget` while handled.
+pub fn grpc_trace_service(
+    ingest: Arc<dyn OtlpIngest>,
+    max_message: usize,
+    budget: Arc<BodyBudget>,
+    metrics: Arc<ServerMetrics>,
+) -> OtlpGrpcService<1> {
+    service(ingest, max_message, budget, metrics)
 }
 
-/// The gRPC `LogsService` over `ingest`.
-pub fn grpc_logs_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<2> {
-    service(ingest, max_message, metrics)
+/// The gRPC `LogsService` over `ingest`; calls hold their bytes of `budget` while handled.
+pub fn grpc_logs_service(
+    ingest: Arc<dyn OtlpIngest>,
+    max_message: usize,
+    budget: Arc<BodyBudget>,
+    metrics: Arc<ServerMetrics>,
+) -> OtlpGrpcService<2> {
+    service(ingest, max_message, budget, metrics)
 }
 
-/// The gRPC `MetricsService` over `ingest`.
-pub fn grpc_metrics_service(ingest: Arc<dyn OtlpIngest>, max_message: usize, metrics: Arc<ServerMetrics>) -> OtlpGrpcService<3> {
-    service(ingest, max_message, metrics)
+/// The gRPC `MetricsService` over `ingest`; calls hold their bytes of `budget` while handled.
+pub fn grpc_metrics_service(
+    ingest: Arc<dyn OtlpIngest>,
+    max_message: usize,
+    budget: Arc<BodyBudget>,
+    metrics: Arc<ServerMetrics>,
+) -> OtlpGrpcService<3> {
+    service(ingest, max_message, budget, metrics)
 }
 
 impl tonic::server::NamedService for OtlpGrpcService<1> {
@@ -129,7 +207,7 @@ impl tonic::server::NamedService for OtlpGrpcService<3> {
 
 impl<const TAG: u8, B> tower::Service<http::Request<B>> for OtlpGrpcService<TAG>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -150,7 +228,13 @@ where
         }
         let export = self.export.clone();
         let max = self.max_message;
+        let held = CallHeld::default();
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(held.clone());
+        let body = BudgetBody { inner: Box::pin(body), budget: Arc::clone(&export.budget), held: held.clone(), metrics: Arc::clone(&export.metrics) };
+        let req = http::Request::from_parts(parts, body);
         Box::pin(async move {
+            let _held = held;
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 // Responses are a few bytes: compressing them would only cost CPU.
                 .accept_compressed(CompressionEncoding::Gzip)

@@ -2,6 +2,7 @@
 //! gzip), answering with OTLP's status semantics (`google.rpc.Status` bodies in the request's
 //! encoding). The gRPC side is in `grpc.rs`.
 
+use crate::budget::{BodyBudget, Held};
 use crate::error::ApiError;
 use crate::ops::ServerMetrics;
 use crate::{Export, ExportOutcome, OtlpIngest};
@@ -25,12 +26,20 @@ use std::time::Instant;
 struct HttpState {
     ingest: Arc<dyn OtlpIngest>,
     max_body: usize,
+    budget: Arc<BodyBudget>,
     metrics: Arc<ServerMetrics>,
 }
 
 /// The OTLP/HTTP router: `POST` on the path of each of `signals`. Bodies over `max_body`
-/// bytes (compressed or inflated) get 413.
-pub fn otlp_http_router(ingest: Arc<dyn OtlpIngest>, signals: &[Signal], max_body: usize, metrics: Arc<ServerMetrics>) -> axum::Router {
+/// bytes (compressed or inflated) get 413; a request that would take `budget` past its limit
+/// gets 429 as soon as its bytes arrive.
+pub fn otlp_http_router(
+    ingest: Arc<dyn OtlpIngest>,
+    signals: &[Signal],
+    max_body: usize,
+    budget: Arc<BodyBudget>,
+    metrics: Arc<ServerMetrics>,
+) -> axum::Router {
     let mut r = axum::Router::new();
     for &signal in signals {
         r = r.route(
@@ -38,7 +47,7 @@ pub fn otlp_http_router(ingest: Arc<dyn OtlpIngest>, signals: &[Signal], max_bod
             post(move |st: State<HttpState>, headers: HeaderMap, body: Body| export_http(st, signal, headers, body)),
         );
     }
-    r.layer(DefaultBodyLimit::disable()).with_state(HttpState { ingest, max_body, metrics })
+    r.layer(DefaultBodyLimit::disable()).with_state(HttpState { ingest, max_body, budget, metrics })
 }
 
 /// The metrics label of a signal's endpoint (traces keep the names they had first).
@@ -105,9 +114,14 @@ fn json_response(signal: Signal, o: &ExportOutcome) -> Vec<u8> {
 }
 
 async fn handle_http(st: &HttpState, signal: Signal, headers: &HeaderMap, body: Body, enc: Encoding) -> Result<ExportOutcome, ApiError> {
-    let raw = read_body(body, st.max_body).await?;
+    // Released when the answer is ready: the body (or what it became) is held until then.
+    let mut held = Held::default();
+    let raw = read_body(body, st.max_body, &st.budget, &mut held).await.inspect_err(|e| st.metrics.count_busy(e))?;
     let ce = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = codec::decompress(raw, ce, st.max_body).map_err(decode_err)?;
+    // Inflated: the inflated bytes are what is kept. (A decoded JSON export is about the
+    // size of its JSON, and replaces it.)
+    st.budget.replace(&mut held, body.len()).inspect_err(|e| st.metrics.count_busy(e))?;
     match enc {
         Encoding::Protobuf => st.ingest.export_protobuf(signal, body).await,
         Encoding::Json => {
@@ -126,24 +140,39 @@ async fn handle_http(st: &HttpState, signal: Signal, headers: &HeaderMap, body: 
 /// the 413, so the rest is drained, up to this bound.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Reads a request body of at most `limit` bytes; a larger one is drained (up to
-/// [`DRAIN_LIMIT`]) and answered with 413.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limit` bytes, taking each frame's bytes from `budget`
+/// into `held` as it arrives; a larger body, or one the budget cannot take, is drained (up to
+/// [`DRAIN_LIMIT`], nothing kept) and answered with 413, or 429.
+async fn read_body(mut body: Body, limit: usize, budget: &BodyBudget, held: &mut Held) -> Result<Bytes, ApiError> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
+    let mut busy = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         seen = seen.saturating_add(data.len());
-        if seen <= limit {
-            buf.extend_from_slice(&data);
-        } else if seen > DRAIN_LIMIT {
+        if seen > DRAIN_LIMIT {
             break;
-        } else {
-            buf = bytes::BytesMut::new();
+        }
+        if seen > limit || busy.is_some() {
+            continue;
+        }
+        match budget.take(held, data.len()) {
+            Ok(()) => buf.extend_from_slice(&data),
+            Err(e) => {
+                busy = Some(e);
+                buf = bytes::BytesMut::new();
+                *held = Held::default();
+            }
         }
     }
+    if seen <= limit
+        && let Some(e) = busy
+    {
+        return Err(e);
+    }
     if seen > limit {
+        *held = Held::default();
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("request body is larger than the limit of {limit} bytes (otlp.max_body_size)"),

@@ -7,6 +7,7 @@
 //! tests drive them with `tower::ServiceExt::oneshot` and no socket.
 
 mod api;
+mod budget;
 mod error;
 mod grpc;
 mod ingest;
@@ -16,6 +17,7 @@ mod params;
 pub mod process;
 mod webhook;
 
+pub use budget::{BodyBudget, Held};
 pub use error::ApiError;
 pub use grpc::{OtlpGrpcService, grpc_logs_service, grpc_metrics_service, grpc_trace_service};
 pub use ingest::otlp_http_router;

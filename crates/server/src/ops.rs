@@ -1,6 +1,7 @@
 //! `/healthz`, `/readyz`, `/metrics`, and the server's own request metrics.
 
 use crate::Ops;
+use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub struct ServerMetrics {
     latency: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    busy: std::sync::atomic::AtomicU64,
 }
 
 impl ServerMetrics {
@@ -26,8 +28,28 @@ impl ServerMetrics {
         *self.requests.lock().entry((group, status)).or_default() += 1;
     }
 
+    /// Counts `e` if it is a refusal for want of in-flight budget (`otlp.max_inflight_bytes`).
+    pub(crate) fn count_busy(&self, e: &ApiError) {
+        if e.code == skein_core::ErrorCode::ResourceExhausted {
+            self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// OTLP requests refused because `otlp.max_inflight_bytes` were in progress already.
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Appends the Prometheus text of these metrics.
     pub fn render(&self, out: &mut String) {
+        metrics::family(
+            out,
+            "skein_otlp_refused_busy_total",
+            "counter",
+            "OTLP requests refused with 429 / RESOURCE_EXHAUSTED because otlp.max_inflight_bytes were in progress.",
+            "",
+            self.busy_refusals(),
+        );
         metrics::header(out, "skein_http_requests_total", "counter", "Requests by endpoint group and status code.");
         for ((g, s), n) in self.requests.lock().iter() {
             metrics::sample(out, "skein_http_requests_total", &format!("endpoint=\"{g}\",code=\"{s}\""), n);

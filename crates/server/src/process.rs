@@ -171,26 +171,30 @@ pub async fn wait_for_true(mut rx: tokio::sync::watch::Receiver<bool>) {
 
 /// Serves OTLP for every signal on both listeners (gRPC: `TraceService`, `LogsService`,
 /// `MetricsService`; HTTP: `/v1/traces`, `/v1/logs`, `/v1/metrics`) over `ingest`, until
-/// `stop` turns true; one task per listener.
+/// `stop` turns true; one task per listener. Requests are at most `max_body` bytes, and both
+/// listeners share one budget of `max_inflight` request bytes in progress.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_otlp(
     ingest: std::sync::Arc<dyn crate::OtlpIngest>,
     grpc: TcpListener,
     http: TcpListener,
     max_body: usize,
+    max_inflight: usize,
     metrics: std::sync::Arc<crate::ServerMetrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
+    let budget = crate::BodyBudget::new(max_inflight.max(max_body));
     let grpc = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB stream window makes a client stop and wait for a window
         // update several times per typical export (hundreds of KiB): more round trips, wake-ups
         // and syscalls per request. A window of a few MiB lets a request arrive in one go.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(crate::grpc_trace_service(ingest.clone(), max_body, metrics.clone()))
-        .add_service(crate::grpc_logs_service(ingest.clone(), max_body, metrics.clone()))
-        .add_service(crate::grpc_metrics_service(ingest.clone(), max_body, metrics.clone()))
+        .add_service(crate::grpc_trace_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
+        .add_service(crate::grpc_logs_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
+        .add_service(crate::grpc_metrics_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc), wait_for_true(stop.clone()));
-    let http = axum::serve(http, crate::otlp_http_router(ingest, &skein_otlp::Signal::ALL, max_body, metrics))
+    let http = axum::serve(http, crate::otlp_http_router(ingest, &skein_otlp::Signal::ALL, max_body, budget, metrics))
         .with_graceful_shutdown(wait_for_true(stop));
     [
         tokio::spawn(async move {

@@ -103,7 +103,7 @@ impl Ops for FakeOps {
 }
 
 fn otlp() -> axum::Router {
-    otlp_http_router(Arc::new(FakeIngest), &Signal::ALL, 1024, Arc::default())
+    otlp_http_router(Arc::new(FakeIngest), &Signal::ALL, 1024, BodyBudget::new(1 << 20), Arc::default())
 }
 
 fn query() -> axum::Router {
@@ -355,4 +355,70 @@ async fn replica_lag_and_alert_routes() {
     let (s, v) = get_json("/api/v1/alerts").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v, serde_json::json!({"alerts": [{"rule": "lag", "state": "firing"}]}));
+}
+
+/// Holds every protobuf export until released, so requests stay in progress.
+struct Gate(tokio::sync::Notify);
+
+impl OtlpIngest for Gate {
+    fn export(&self, _: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async { Ok(ExportOutcome::default()) })
+    }
+    fn export_protobuf(&self, _: Signal, _: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async move {
+            self.0.notified().await;
+            Ok(ExportOutcome::default())
+        })
+    }
+}
+
+fn grpc_frame(len: usize) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    frame.resize(5 + len, 0);
+    http::Request::post("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
+    let gate = Arc::new(Gate(tokio::sync::Notify::new()));
+    let budget = BodyBudget::new(4096);
+    let metrics = Arc::new(ServerMetrics::default());
+    let http = otlp_http_router(gate.clone(), &Signal::ALL, 1 << 20, budget.clone(), metrics.clone());
+    let grpc = crate::grpc_trace_service(gate.clone(), 1 << 20, budget.clone(), metrics.clone());
+    // 3000 bytes held by a request the ingest has not answered yet.
+    let first = tokio::spawn(send(http.clone(), post("application/x-protobuf", vec![0u8; 3000])));
+    while budget.available() != 1096 {
+        tokio::task::yield_now().await;
+    }
+    // 2000 more bytes do not fit, over HTTP or gRPC: refused with a retry hint, nothing kept.
+    let (s, h, b) = send(http.clone(), post("application/x-protobuf", vec![0u8; 2000])).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h["retry-after"], "1");
+    let st = skein_otlp::RpcStatus::decode(&b[..]).unwrap();
+    assert!(st.message.contains("otlp.max_inflight_bytes"), "{}", st.message);
+    let resp = tower::ServiceExt::oneshot(grpc.clone(), grpc_frame(2000)).await.unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "8", "{:?}", resp.headers());
+    assert_eq!(budget.available(), 1096);
+    // A request that fits goes through while the first is still held.
+    let small = tokio::spawn(tower::ServiceExt::oneshot(grpc, grpc_frame(500)));
+    // (the frame's 505 bytes, then the 500-byte message once tonic hands it over)
+    while budget.available() > 1096 - 500 {
+        tokio::task::yield_now().await;
+    }
+    gate.0.notify_waiters();
+    while !(first.is_finished() && small.is_finished()) {
+        gate.0.notify_waiters();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    let resp = small.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Every byte is back once the answers are out.
+    assert_eq!(budget.available(), 4096);
+    assert_eq!(metrics.busy_refusals(), 2);
 }

@@ -38,8 +38,6 @@ pub struct ReceiverStats {
     pub rejected_spans: Counter,
     /// Exports refused because the queue could not be written.
     pub queue_failures: Counter,
-    /// Exports refused because `otlp.max_inflight_bytes` were being handled already.
-    pub busy: Counter,
 }
 
 impl ReceiverStats {
@@ -74,9 +72,6 @@ pub struct AgentIngest {
     ring: Ring,
     destinations: Vec<Destination>,
     limits: Limits,
-    /// Request bytes being decoded, stamped or queued at once (one permit a byte).
-    inflight: tokio::sync::Semaphore,
-    max_inflight: usize,
     /// Counters.
     pub stats: ReceiverStats,
 }
@@ -85,33 +80,10 @@ impl AgentIngest {
     /// A receiver stamping `identity`, splitting over `destinations` (one per collector, in
     /// the order of `endpoints`).
     ///
-    /// At most `max_inflight` request bytes are handled at once; past it exports get 429
-    /// (`RESOURCE_EXHAUSTED`) with a short retry hint, so many large requests at once cannot
-    /// exhaust the agent's memory.
-    pub fn new(identity: NodeIdentity, endpoints: &[String], destinations: Vec<Destination>, limits: Limits, max_inflight: usize) -> Self {
-        let max_inflight = max_inflight.clamp(1, u32::MAX as usize);
-        Self {
-            identity,
-            ring: Ring::new(endpoints),
-            destinations,
-            limits,
-            inflight: tokio::sync::Semaphore::new(max_inflight),
-            max_inflight,
-            stats: ReceiverStats::default(),
-        }
-    }
-
-    /// Holds `bytes` of the in-flight budget, or refuses with 429.
-    fn admit(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        let n = u32::try_from(bytes.clamp(1, self.max_inflight)).unwrap_or(u32::MAX);
-        self.inflight.try_acquire_many(n).map_err(|_| {
-            self.stats.busy.inc();
-            ApiError::new(
-                ErrorCode::ResourceExhausted,
-                format!("the agent is handling {} bytes of exports already (otlp.max_inflight_bytes); retry shortly", self.max_inflight),
-            )
-            .with_retry_after(std::time::Duration::from_secs(1))
-        })
+    /// The bytes of requests in progress are bounded by the listeners in front of it
+    /// (`skein_server::BodyBudget`), as the request arrives.
+    pub fn new(identity: NodeIdentity, endpoints: &[String], destinations: Vec<Destination>, limits: Limits) -> Self {
+        Self { identity, ring: Ring::new(endpoints), destinations, limits, stats: ReceiverStats::default() }
     }
 
     /// Stamps, splits and queues one export.
@@ -220,20 +192,11 @@ fn malformed(signal: Signal, e: &prost::DecodeError) -> ApiError {
 
 impl OtlpIngest for AgentIngest {
     fn export(&self, req: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
-        Box::pin(async move {
-            let size = match &req {
-                Export::Traces(r) => r.encoded_len(),
-                Export::Logs(r) => r.encoded_len(),
-                Export::Metrics(r) => r.encoded_len(),
-            };
-            let _permit = self.admit(size)?;
-            self.accept(req).await
-        })
+        Box::pin(self.accept(req))
     }
 
     fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
-            let _permit = self.admit(body.len())?;
             // Spans for one collector that need no change but the stamp: stamped on the wire.
             if signal == Signal::Traces
                 && self.ring.len() <= 1
@@ -266,7 +229,7 @@ mod tests {
             })
             .collect();
         let id = NodeIdentity::detect(&NodeConfig { host_name: "node-a".into(), ..Default::default() }, &|_| None);
-        AgentIngest::new(id, &eps, dests, Limits::default(), 64 << 20)
+        AgentIngest::new(id, &eps, dests, Limits::default())
     }
 
     fn spans(traces: u8) -> ExportTraceServiceRequest {
@@ -347,31 +310,5 @@ mod tests {
         assert_eq!(i0.len() + i1.len(), 40);
         assert!(!i0.is_empty() && !i1.is_empty());
         assert!(i0.iter().all(|t| !i1.contains(t)));
-    }
-}
-
-#[cfg(test)]
-mod limit_tests {
-    use super::*;
-    use crate::enrich::NodeConfig;
-
-    #[tokio::test]
-    async fn past_the_in_flight_budget_exports_get_429() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = Destination {
-            queue: Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap()),
-            notify: Arc::new(Notify::new()),
-        };
-        let id = NodeIdentity::detect(&NodeConfig { host_name: "n".into(), ..Default::default() }, &|_| None);
-        let a = AgentIngest::new(id, &["http://c:4317".to_string()], vec![dest], Limits::default(), 1000);
-        let held = a.admit(900).unwrap();
-        let err = a.export_protobuf(Signal::Traces, bytes::Bytes::from(vec![0u8; 200])).await.unwrap_err();
-        assert_eq!(err.code, ErrorCode::ResourceExhausted);
-        assert!(err.message.contains("max_inflight_bytes"), "{}", err.message);
-        drop(held);
-        // with the budget back, the same body is decoded (and is malformed: 400, not 429)
-        let err = a.export_protobuf(Signal::Traces, bytes::Bytes::from(vec![0xffu8; 200])).await.unwrap_err();
-        assert_eq!(err.code, ErrorCode::BadRequest);
-        assert_eq!(a.stats.busy.get(), 1);
     }
 }
