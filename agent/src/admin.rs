@@ -73,6 +73,18 @@ impl Admin {
         let labels: Vec<String> = self.exporters.iter().map(|e| format!("endpoint=\"{}\"", e.endpoint())).collect();
         let queues: Vec<(&str, &Queue)> = self.exporters.iter().zip(&labels).map(|(e, l)| (l.as_str(), e.queue().as_ref())).collect();
         Queue::render_metrics(&queues, &mut out, "skein_agent_queue");
+        metrics::header(
+            &mut out,
+            "skein_agent_queue_dropped_signal_records_total",
+            "counter",
+            "Undelivered queue records dropped because the queue reached its disk cap, by signal.",
+        );
+        for (l, q) in &queues {
+            for s in skein_otlp::Signal::ALL {
+                let n = q.stats().dropped_by_kind[usize::from(s.tag())].get();
+                metrics::sample(&mut out, "skein_agent_queue_dropped_signal_records_total", &format!("{l},signal=\"{s}\""), n);
+            }
+        }
         for e in &self.exporters {
             e.stats.render(&mut out, e.endpoint());
         }

@@ -133,6 +133,25 @@ impl Agent {
         Ok(r.status().as_u16())
     }
 
+    /// POSTs `body` to `/v1/<signal>` as `content_type`, gzip-compressed when `gzip`; returns
+    /// the status code and the answer's body.
+    ///
+    /// # Errors
+    /// The request failed.
+    pub async fn post_as(&self, signal: &str, body: Vec<u8>, content_type: &str, gzip: bool) -> Result<(u16, String)> {
+        let mut req = self.client.post(format!("{}/v1/{signal}", self.otlp_http_url())).header("content-type", content_type);
+        let body = if gzip {
+            req = req.header("content-encoding", "gzip");
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut e, &body)?;
+            e.finish()?
+        } else {
+            body
+        };
+        let r = req.body(body).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
     /// Kills the agent with SIGKILL; the data directory stays.
     ///
     /// # Errors

@@ -115,12 +115,13 @@ impl Caller {
         let svc = self.channel.ready().await.map_err(|e| CallError::Transport(format!("connecting: {e}")))?;
         let resp = svc.call(req).await.map_err(|e| CallError::Transport(transport_message(&e)))?;
         let (parts, body) = resp.into_parts();
+        let after = retry_after(&parts.headers, std::time::SystemTime::now());
         if let Some(status) = tonic::Status::from_header_map(&parts.headers).filter(|s| s.code() != tonic::Code::Ok) {
-            return Err(CallError::Status(status));
+            return Err(CallError::Status(with_retry_after(status, after)));
         }
         if parts.status != http::StatusCode::OK {
             // Not a gRPC answer (a proxy's error page): the status decides, as gRPC's HTTP mapping says.
-            return Err(CallError::Status(http_status(parts.status)));
+            return Err(CallError::Status(with_retry_after(http_status(parts.status), after)));
         }
         let collected = body.collect().await.map_err(|e| CallError::Transport(format!("reading the answer: {e}")))?;
         if let Some(status) = collected.trailers().and_then(tonic::Status::from_header_map).filter(|s| s.code() != tonic::Code::Ok) {
@@ -152,6 +153,29 @@ fn transport_message(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The delay an HTTP `Retry-After` header asks for: delta-seconds or an HTTP-date (a date in
+/// the past is no delay).
+pub fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(now).unwrap_or_default())
+}
+
+/// `status` with a `RetryInfo` of `after` when it has none of its own (a proxy or load
+/// balancer in front of the collector says when to come back with `Retry-After`).
+fn with_retry_after(status: tonic::Status, after: Option<std::time::Duration>) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    match after {
+        Some(d) if status.get_details_retry_info().is_none() => {
+            tonic::Status::with_error_details(status.code(), status.message(), ErrorDetails::with_retry_info(Some(d)))
+        }
+        _ => status,
+    }
 }
 
 /// The gRPC status of an HTTP status, as gRPC's "HTTP to gRPC status code mapping" says.

@@ -10,10 +10,15 @@
 //! Failures follow OTLP: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `CANCELLED`,
 //! `OUT_OF_RANGE`, `DATA_LOSS` and a connection failure are retried, as is
 //! `RESOURCE_EXHAUSTED` when it carries `RetryInfo`; the delay is the larger of the server's
-//! `RetryInfo` and an exponential backoff with full jitter. Any other status (400-like
-//! `INVALID_ARGUMENT` above all) is permanent: the batch is logged with the collector's
+//! `RetryInfo` (or a proxy's HTTP `Retry-After`, at most [`MAX_SERVER_DELAY`]) and an
+//! exponential backoff, jittered to between half and all of it. Any other status (400-like
+//! `INVALID_ARGUMENT` above all) is permanent, and so is a message refused as too large
+//! (retrying the same bytes cannot succeed): the batch is logged with the collector's
 //! message, counted as dropped and acknowledged, so one bad record never blocks the queue.
 //! A partial success is not retried either (OTLP says so); its rejected count is recorded.
+//! A record larger than `batch_max_bytes` (an app's large export, plus the node's stamp) is
+//! sent as several requests of whole resources, so it fits a collector whose limit it was
+//! received under.
 //!
 //! With several collectors, the agent keeps one queue and one exporter per collector and
 //! splits each export over them with [`Ring`] at ingest, so a collector that is down only
@@ -92,6 +97,10 @@ pub enum Compression {
 pub struct ExporterStats {
     /// Records (queue entries) delivered, per signal (traces, logs, metrics).
     pub sent_records: [Counter; 3],
+    /// Items (spans, log records, data points) delivered, per signal.
+    pub sent_items: [Counter; 3],
+    /// Items dropped after a permanent failure, per signal.
+    pub dropped_items: [Counter; 3],
     /// Items (spans, log records, data points) the collector rejected in a partial success.
     pub rejected_items: [Counter; 3],
     /// Records dropped after a permanent failure, per signal.
@@ -133,7 +142,13 @@ impl ExporterStats {
         let l = |s: Signal| format!("endpoint=\"{endpoint}\",signal=\"{s}\"");
         for (name, help, c) in [
             ("skein_agent_sent_records_total", "Queue records the collector acknowledged.", &self.sent_records),
+            ("skein_agent_sent_items_total", "Spans, log records or data points the collector acknowledged.", &self.sent_items),
             ("skein_agent_dropped_records_total", "Queue records dropped after a permanent push failure.", &self.dropped_records),
+            (
+                "skein_agent_dropped_items_total",
+                "Spans, log records or data points dropped after a permanent push failure.",
+                &self.dropped_items,
+            ),
             (
                 "skein_agent_rejected_items_total",
                 "Spans, log records or data points the collector rejected in a partial success.",
@@ -208,13 +223,19 @@ pub enum Outcome {
     Permanent(String),
 }
 
+/// The longest pause a server's `RetryInfo` or `Retry-After` may impose; longer asks are
+/// taken as this, so a misconfigured proxy cannot stall delivery for hours.
+pub const MAX_SERVER_DELAY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Classifies a gRPC failure the OTLP way.
 pub fn classify(status: &tonic::Status) -> Outcome {
     use tonic::Code;
     use tonic_types::StatusExt;
-    let after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+    let after = status.get_details_retry_info().and_then(|r| r.retry_delay).map(|d| d.min(MAX_SERVER_DELAY));
     let reason = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
+        // tonic's answer to a message over the server's limit: the same bytes fail every time.
+        Code::OutOfRange | Code::ResourceExhausted if status.message().contains("message length too large") => Outcome::Permanent(reason),
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::OutOfRange | Code::DataLoss => {
             Outcome::Retry { after, reason }
         }
@@ -223,14 +244,30 @@ pub fn classify(status: &tonic::Status) -> Outcome {
     }
 }
 
-/// A full-jitter exponential backoff delay for the `attempt`-th consecutive failure.
+/// The exponential backoff delay for the `attempt`-th consecutive failure, jittered to a
+/// random point between half and all of it: agents that lost the same collector at once do
+/// not come back in step, and none retries sooner than half the delay.
 pub fn backoff(cfg: &ExporterConfig, attempt: u32) -> std::time::Duration {
     let base = cfg.retry_initial_delay.0.saturating_mul(1u32 << attempt.min(16));
     let cap = base.min(cfg.retry_max_delay.0);
-    // Full jitter from a cheap per-process source: the nanoseconds of the clock.
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::from(d.subsec_nanos()));
-    let frac = (nanos % 1000) as f64 / 1000.0;
-    cap.mul_f64(0.5 + frac / 2.0)
+    cap.mul_f64(0.5 + random_unit() / 2.0)
+}
+
+/// A pseudo-random number in [0, 1): xorshift64* seeded once per process from the standard
+/// library's random hash keys (no dependency for a jitter).
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        x = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    STATE.store(x, Ordering::Relaxed);
+    (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Pushes one queue's records to one collector.
@@ -413,49 +450,89 @@ impl Exporter {
                 body.extend_from_slice(&batch[j].data[1..]);
                 j += 1;
             }
-            let t = Instant::now();
-            let outcome = match tokio::time::timeout(self.cfg.timeout.0, grpc.unary(signal.grpc_path(), &body)).await {
-                Err(_) => Outcome::Retry { after: None, reason: format!("no answer within {:?} (exporter.timeout)", self.cfg.timeout.0) },
-                Ok(Err(call::CallError::Transport(why))) => Outcome::Retry { after: None, reason: why },
-                Ok(Err(call::CallError::Status(status))) => classify(&status),
-                Ok(Ok(resp)) => {
-                    let p = resp.partial_success.unwrap_or_default();
-                    Outcome::Ok { rejected: p.rejected_spans, message: p.error_message }
-                }
-            };
             let n = (j - i) as u64;
             let si = signal_index(signal);
-            match outcome {
-                Outcome::Ok { rejected, message } => {
-                    self.stats.latency.observe(t.elapsed());
-                    self.stats.requests.inc();
-                    self.stats.sent_records[si].add(n);
-                    self.stats.healthy.store(true, Ordering::Relaxed);
-                    self.stats.last_success_unix_ms.store(now_ms(), Ordering::Relaxed);
-                    if rejected > 0 || !message.is_empty() {
-                        self.stats.rejected_items[si].add(u64::try_from(rejected).unwrap_or(0));
-                        tracing::warn!(endpoint = %self.endpoint, %signal, rejected, %message, "collector accepted the export partly");
+            if j == i + 1 && body.len() > max {
+                // One record over the batch size (an app's large export): sent as requests of
+                // whole resources, so it fits the collector's limit it was received under. A
+                // retry sends it all again; the collector removes the pieces it already has.
+                let mut dropped = false;
+                for piece in skein_otlp::split_request(&body, max) {
+                    match self.send(grpc, signal, piece).await {
+                        Outcome::Ok { .. } => {}
+                        Outcome::Permanent(reason) => {
+                            self.drop_refused(signal, piece, 0, &reason);
+                            dropped = true;
+                        }
+                        Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
                     }
                 }
+                let records = if dropped { &self.stats.dropped_records } else { &self.stats.sent_records };
+                records[si].inc();
+                i = j;
+                continue;
+            }
+            match self.send(grpc, signal, &body).await {
+                Outcome::Ok { .. } => self.stats.sent_records[si].add(n),
+                // A merged run refused for good: each record gets its own verdict, so one bad
+                // record does not take the others along.
                 Outcome::Permanent(_) if n > 1 => {
                     single_until = j;
                     continue;
                 }
-                Outcome::Permanent(reason) => {
-                    self.stats.dropped_records[si].add(n);
-                    tracing::error!(endpoint = %self.endpoint, %signal, records = n, %reason, "collector refused the export for good; dropping it");
-                    *self.stats.last_error.lock() = Some(reason);
-                }
-                Outcome::Retry { after, reason } => {
-                    self.stats.healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(endpoint = %self.endpoint, %signal, records = n, %reason, "push failed; will retry");
-                    *self.stats.last_error.lock() = Some(reason);
-                    return Err((batch[i].pos, after));
-                }
+                Outcome::Permanent(reason) => self.drop_refused(signal, &body, n, &reason),
+                Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
             }
             i = j;
         }
         Ok(batch.last().map_or_else(|| self.queue.cursor(), |e| e.next))
+    }
+
+    /// Counts and logs `body` (`records` queue records of `signal`) as dropped after the
+    /// collector refused it for good.
+    fn drop_refused(&self, signal: Signal, body: &[u8], records: u64, reason: &str) {
+        let si = signal_index(signal);
+        let items = skein_otlp::count_items(signal, body).unwrap_or(0);
+        self.stats.dropped_records[si].add(records);
+        self.stats.dropped_items[si].add(items as u64);
+        tracing::error!(endpoint = %self.endpoint, %signal, records, items, bytes = body.len(), %reason, "collector refused the export for good; dropping it");
+    }
+
+    /// One request of `signal` with the export `body`, its success or retryable failure
+    /// counted and logged (a permanent refusal is the caller's to handle).
+    async fn send(&self, grpc: &mut call::Caller, signal: Signal, body: &[u8]) -> Outcome {
+        let t = Instant::now();
+        let outcome = match tokio::time::timeout(self.cfg.timeout.0, grpc.unary(signal.grpc_path(), body)).await {
+            Err(_) => Outcome::Retry { after: None, reason: format!("no answer within {:?} (exporter.timeout)", self.cfg.timeout.0) },
+            Ok(Err(call::CallError::Transport(why))) => Outcome::Retry { after: None, reason: why },
+            Ok(Err(call::CallError::Status(status))) => classify(&status),
+            Ok(Ok(resp)) => {
+                let p = resp.partial_success.unwrap_or_default();
+                Outcome::Ok { rejected: p.rejected_spans, message: p.error_message }
+            }
+        };
+        let si = signal_index(signal);
+        let items = || skein_otlp::count_items(signal, body).unwrap_or(0) as u64;
+        match &outcome {
+            Outcome::Ok { rejected, message } => {
+                self.stats.latency.observe(t.elapsed());
+                self.stats.requests.inc();
+                self.stats.sent_items[si].add(items());
+                self.stats.healthy.store(true, Ordering::Relaxed);
+                self.stats.last_success_unix_ms.store(now_ms(), Ordering::Relaxed);
+                if *rejected > 0 || !message.is_empty() {
+                    self.stats.rejected_items[si].add(u64::try_from(*rejected).unwrap_or(0));
+                    tracing::warn!(endpoint = %self.endpoint, %signal, rejected, %message, "collector accepted the export partly");
+                }
+            }
+            Outcome::Permanent(reason) => *self.stats.last_error.lock() = Some(reason.clone()),
+            Outcome::Retry { reason, .. } => {
+                self.stats.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(endpoint = %self.endpoint, %signal, bytes = body.len(), %reason, "push failed; will retry");
+                *self.stats.last_error.lock() = Some(reason.clone());
+            }
+        }
+        outcome
     }
 }
 

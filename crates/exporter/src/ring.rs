@@ -213,4 +213,45 @@ mod tests {
         assert_eq!(total, 60);
         assert!(parts.len() > 1, "20 traces over 3 endpoints use more than one");
     }
+
+    #[test]
+    fn logs_go_by_trace_id_or_else_by_node_and_metrics_by_node() {
+        use skein_otlp::proto::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        let ring = Ring::new(&endpoints(3));
+        // 30 records with a trace id, 10 without (all zero or empty)
+        let log_records: Vec<LogRecord> = (0..40u8)
+            .map(|i| LogRecord {
+                trace_id: match i {
+                    0..30 => vec![i + 1; 16],
+                    30..35 => vec![0; 16],
+                    _ => Vec::new(),
+                },
+                time_unix_nano: u64::from(i),
+                ..Default::default()
+            })
+            .collect();
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Default::default()),
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                schema_url: "s".into(),
+            }],
+        };
+        let by_node = ring.pick(b"web-1");
+        let parts = ring.split_logs(req, "web-1");
+        assert!(parts.len() > 1);
+        let mut seen = 0;
+        for (e, bytes) in &parts {
+            let r = ExportLogsServiceRequest::decode(&bytes[..]).unwrap();
+            assert_eq!(r.resource_logs[0].schema_url, "s");
+            for rec in r.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records) {
+                let want = if rec.time_unix_nano < 30 { ring.pick(&rec.trace_id) } else { by_node };
+                assert_eq!(*e, want, "record {}", rec.time_unix_nano);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 40);
+        let parts = ring.split_metrics(&ExportMetricsServiceRequest::default(), "web-1");
+        assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), vec![by_node]);
+    }
 }

@@ -45,12 +45,18 @@ impl OtlpIngest for Script {
 }
 
 async fn serve(script: Arc<Script>) -> String {
+    serve_limited(script, 1 << 20).await
+}
+
+/// A server refusing messages over `max_message` bytes, as tonic does.
+async fn serve_limited(script: Arc<Script>, max_message: usize) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let m = Arc::new(skein_server::ServerMetrics::default());
+    let budget = skein_server::BodyBudget::new(64 << 20);
     let svc = tonic::transport::Server::builder()
-        .add_service(skein_server::grpc_trace_service(script.clone(), 1 << 20, skein_server::BodyBudget::new(64 << 20), m.clone()))
-        .add_service(skein_server::grpc_logs_service(script, 1 << 20, skein_server::BodyBudget::new(64 << 20), m))
+        .add_service(skein_server::grpc_trace_service(script.clone(), max_message, budget.clone(), m.clone()))
+        .add_service(skein_server::grpc_logs_service(script, max_message, budget, m))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l));
     tokio::spawn(svc);
     format!("http://{addr}")
@@ -255,4 +261,118 @@ fn an_http_error_without_grpc_status_maps_as_grpc_says() {
         let st = call::http_status(http::StatusCode::from_u16(http).unwrap());
         assert_eq!(matches!(classify(&st), Outcome::Retry { .. }), retry, "{http}: {st:?}");
     }
+}
+
+/// An export of `resources` resources, each with `per` spans named with `name_len` bytes.
+fn resources(resources: u8, per: u8, name_len: usize) -> Vec<u8> {
+    let req = ExportTraceServiceRequest {
+        resource_spans: (0..resources)
+            .map(|r| ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..per)
+                        .map(|i| Span {
+                            trace_id: vec![r + 1; 16],
+                            span_id: vec![i + 1; 8],
+                            name: "n".repeat(name_len),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    };
+    record(Signal::Traces, &req.encode_to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_batch_size_goes_in_whole_resources_and_one_too_large_for_the_collector_is_dropped() {
+    for compression in [Compression::Zstd, Compression::None] {
+        too_large_records(compression).await;
+    }
+}
+
+async fn too_large_records(compression: Compression) {
+    let script = Arc::new(Script::default());
+    // The collector takes messages up to 4 KiB.
+    let endpoint = serve_limited(script.clone(), 4096).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    // ~12 KiB in six resources of ~2 KiB: too large as one message, fine as pieces.
+    let big = resources(6, 10, 180);
+    assert!(big.len() > 3 * 4096, "{}", big.len());
+    queue.append(&big).unwrap();
+    // One resource of ~6 KiB: too large for the collector however it is cut.
+    queue.append(&resources(1, 30, 180)).unwrap();
+    queue.append(&spans(3)).unwrap();
+    let c = ExporterConfig { batch_max_bytes: ByteSize(3000), compression, ..cfg() };
+    let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    let got = script.got.lock().clone();
+    // every span of the large record arrived, in requests of whole resources (10 spans each)
+    assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 63, "{got:?}");
+    assert!(got.iter().all(|g| g.1 % 10 == 0 || g.1 == 3), "{got:?}");
+    assert!(got.len() >= 4, "{got:?}");
+    assert_eq!(exp.stats.sent_items[0].get(), 63);
+    assert_eq!(exp.stats.sent_records[0].get(), 2);
+    // the one that can never fit was dropped and counted, not retried forever
+    assert_eq!(exp.stats.dropped_records[0].get(), 1);
+    assert_eq!(exp.stats.dropped_items[0].get(), 30);
+    // (zstd: tonic refuses while inflating, RESOURCE_EXHAUSTED; uncompressed: OUT_OF_RANGE)
+    assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("4096 bytes"), "{:?}", exp.stats.last_error.lock());
+    tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[test]
+fn retry_after_is_seconds_or_an_http_date() {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_784_000_000);
+    let h = |v: &str| {
+        let mut m = http::HeaderMap::new();
+        m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+        call::retry_after(&m, now)
+    };
+    assert_eq!(h("7"), Some(std::time::Duration::from_secs(7)));
+    let later = httpdate::fmt_http_date(now + std::time::Duration::from_secs(90));
+    assert_eq!(h(&later), Some(std::time::Duration::from_secs(90)));
+    let earlier = httpdate::fmt_http_date(now - std::time::Duration::from_secs(90));
+    assert_eq!(h(&earlier), Some(std::time::Duration::ZERO));
+    assert_eq!(h("soon"), None);
+    assert_eq!(call::retry_after(&http::HeaderMap::new(), now), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxys_retry_after_sets_the_pause() {
+    // A proxy in front of the collector answering 503 with Retry-After, then passing through.
+    let script = Arc::new(Script::default());
+    let upstream = serve(script.clone()).await;
+    let hits = Arc::new(AtomicU64::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, Ordering::Relaxed);
+            (http::StatusCode::SERVICE_UNAVAILABLE, [(http::header::RETRY_AFTER, "1")], "upstream busy")
+        }
+    });
+    let proxy = tokio::spawn(async move { axum::serve(l, app).await });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let mut caller = call::Caller::new(channel, Compression::None).unwrap();
+    let err = caller.unary(Signal::Traces.grpc_path(), &spans(1)[1..]).await.unwrap_err();
+    let call::CallError::Status(status) = err else { panic!("{err:?}") };
+    assert_eq!(
+        classify(&status),
+        Outcome::Retry {
+            after: Some(std::time::Duration::from_secs(1)),
+            reason: "Unavailable: HTTP status 503 Service Unavailable without a gRPC status".into()
+        }
+    );
+    assert_eq!(hits.load(Ordering::Relaxed), 1);
+    proxy.abort();
+    drop(upstream);
 }

@@ -3,6 +3,7 @@
 //! validation of incoming spans against Skein's limits.
 
 pub mod codec;
+pub mod count;
 pub mod signal;
 pub mod status;
 pub mod synth;
@@ -10,6 +11,7 @@ pub mod validate;
 pub mod validate_signals;
 
 pub use codec::{DecodeError, Encoding};
+pub use count::{count_items, split_request};
 pub use opentelemetry_proto::tonic as proto;
 pub use signal::Signal;
 pub use status::RpcStatus;

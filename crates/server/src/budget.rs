@@ -57,10 +57,8 @@ impl BodyBudget {
         if bytes == 0 {
             return Ok(());
         }
-        let permit = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| Arc::clone(&self.sem).try_acquire_many_owned(n).ok())
-            .ok_or_else(|| self.busy())?;
+        let permit =
+            u32::try_from(bytes).ok().and_then(|n| Arc::clone(&self.sem).try_acquire_many_owned(n).ok()).ok_or_else(|| self.busy())?;
         match &mut held.0 {
             Some(p) => p.merge(permit),
             None => held.0 = Some(permit),

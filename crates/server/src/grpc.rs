@@ -231,7 +231,12 @@ where
         let held = CallHeld::default();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(held.clone());
-        let body = BudgetBody { inner: Box::pin(body), budget: Arc::clone(&export.budget), held: held.clone(), metrics: Arc::clone(&export.metrics) };
+        let body = BudgetBody {
+            inner: Box::pin(body),
+            budget: Arc::clone(&export.budget),
+            held: held.clone(),
+            metrics: Arc::clone(&export.metrics),
+        };
         let req = http::Request::from_parts(parts, body);
         Box::pin(async move {
             let _held = held;

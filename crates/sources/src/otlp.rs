@@ -34,8 +34,9 @@ pub struct Destination {
 pub struct ReceiverStats {
     /// Items (spans, log records, data points) accepted, per signal.
     pub accepted: [Counter; 3],
-    /// Spans rejected by validation (partial success).
-    pub rejected_spans: Counter,
+    /// Items refused by validation (bad ids or times), per signal: answered as a partial
+    /// success, or a 400 when every item of an export was bad.
+    pub invalid: [Counter; 3],
     /// Exports refused because the queue could not be written.
     pub queue_failures: Counter,
 }
@@ -47,14 +48,15 @@ impl ReceiverStats {
         for (i, s) in Signal::ALL.iter().enumerate() {
             metrics::sample(out, "skein_agent_received_items_total", &format!("signal=\"{s}\""), self.accepted[i].get());
         }
-        metrics::family(
+        metrics::header(
             out,
-            "skein_agent_rejected_spans_total",
+            "skein_agent_invalid_items_total",
             "counter",
-            "Spans refused by validation (bad ids or times).",
-            "",
-            self.rejected_spans.get(),
+            "Spans, log records and data points refused by validation (bad ids or times), never queued.",
         );
+        for (i, s) in Signal::ALL.iter().enumerate() {
+            metrics::sample(out, "skein_agent_invalid_items_total", &format!("signal=\"{s}\""), self.invalid[i].get());
+        }
         metrics::family(
             out,
             "skein_agent_queue_failures_total",
@@ -92,7 +94,6 @@ impl AgentIngest {
         let (signal, parts, v) = match req {
             Export::Traces(mut r) => {
                 let v = validate_traces(&mut r, &self.limits);
-                self.stats.rejected_spans.add(v.rejected as u64);
                 r.resource_spans.iter_mut().for_each(|rs| self.identity.stamp(&mut rs.resource));
                 (Signal::Traces, self.ring.split_traces(r), v)
             }
@@ -107,6 +108,7 @@ impl AgentIngest {
                 (Signal::Metrics, self.ring.split_metrics(&r, &node), v)
             }
         };
+        self.stats.invalid[signal.tag() as usize - 1].add(v.rejected as u64);
         if v.accepted == 0 && v.rejected > 0 {
             // As the collector answers: every item invalid is a 400 naming them.
             return Err(ApiError::bad_request(v.message()));
@@ -276,6 +278,7 @@ mod tests {
         assert!(attrs.iter().any(|kv| kv.key == "host.name"));
         assert!(attrs.iter().any(|kv| kv.key == "skein.agent.version"));
         assert_eq!(a.stats.accepted[0].get(), 3);
+        assert_eq!(a.stats.invalid[0].get(), 1);
         let err = a.export_protobuf(Signal::Logs, bytes::Bytes::from_static(b"\xff\xff")).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("logs"), "{}", err.message);
@@ -290,6 +293,10 @@ mod tests {
         let err = a.export(Export::Logs(logs_request("n", "s", &[bad]))).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("rejected 1 of 1 log records"), "{}", err.message);
+        assert_eq!((a.stats.accepted[1].get(), a.stats.invalid[1].get()), (1, 2));
+        let mut text = String::new();
+        a.stats.render(&mut text);
+        assert!(text.contains("skein_agent_invalid_items_total{signal=\"logs\"} 2"), "{text}");
     }
 
     #[tokio::test]

@@ -119,6 +119,9 @@ pub struct QueueStats {
     pub dropped_records: Counter,
     /// Bytes of segment files dropped by the disk cap while they held unacknowledged records.
     pub dropped_bytes: Counter,
+    /// [`QueueStats::dropped_records`] by the first byte of each record: index 1 to 3 for a
+    /// first byte of 1 to 3 (the agent's signal tags), index 0 for anything else.
+    pub dropped_by_kind: [Counter; 4],
     /// Corrupt tails cut off when the queue was opened.
     pub recovered_corruptions: Counter,
     /// Bytes of segment files on disk.
@@ -345,6 +348,16 @@ impl Queue {
             let Some(old) = inner.segs.pop_front() else { break };
             let first_unacked = inner.cursor.seq.max(old.first_seq);
             let lost = (old.first_seq + old.records).saturating_sub(first_unacked);
+            if lost > 0 {
+                let from = if inner.cursor.lsn.segment == old.id { inner.cursor.lsn.offset } else { HEADER_LEN };
+                match self.kinds(old.id, from, old.len) {
+                    Ok(kinds) => kinds.iter().zip(&self.stats.dropped_by_kind).for_each(|(n, c)| c.add(*n)),
+                    Err(e) => {
+                        tracing::warn!(segment = old.id, error = %e, "cannot read the kinds of the records the disk cap drops");
+                        self.stats.dropped_by_kind[0].add(lost);
+                    }
+                }
+            }
             if inner.cursor.lsn.segment <= old.id {
                 let next = inner.segs.front().expect("more segments remain");
                 inner.cursor = QueuePos { lsn: Lsn { segment: next.id, offset: HEADER_LEN }, seq: next.first_seq };
@@ -364,6 +377,29 @@ impl Queue {
             }
         }
         // The cursor on disk may now name a deleted segment; open handles that.
+    }
+
+    /// How many records of segment `id` from `offset` to `len` start with each byte value
+    /// (as [`QueueStats::dropped_by_kind`] counts them): only each record's header and first
+    /// byte are read.
+    fn kinds(&self, id: u64, mut offset: u64, len: u64) -> io::Result<[u64; 4]> {
+        let mut r = BufReader::new(File::open(segment::path(&self.dir, id))?);
+        r.seek(SeekFrom::Start(offset))?;
+        let mut out = [0u64; 4];
+        while offset < len {
+            let mut head = [0u8; segment::FRAME_HEADER_LEN + TIME_LEN + 1];
+            r.read_exact(&mut head)?;
+            let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if n <= TIME_LEN {
+                return Err(io::Error::other(format!("record length {n} at offset {offset}")));
+            }
+            let kind = head[segment::FRAME_HEADER_LEN + TIME_LEN];
+            out[if (1..=3).contains(&kind) { kind as usize } else { 0 }] += 1;
+            let frame = segment::frame_len(n);
+            r.seek_relative(i64::try_from(frame).unwrap_or(i64::MAX) - head.len() as i64)?;
+            offset += frame;
+        }
+        Ok(out)
     }
 
     /// Up to `max_records` records (and about `max_bytes` of data, at least one record)
@@ -741,6 +777,46 @@ mod tests {
         drop(q);
         let q = Queue::open(dir.path(), o).unwrap();
         assert_eq!(datas(&q, q.cursor()), kept);
+    }
+
+    #[test]
+    fn records_the_cap_drops_are_counted_by_their_first_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = QueueOptions { max_bytes: 16 * 1024, segment_size: 4096, sync: SyncPolicy::Never };
+        let q = Queue::open(dir.path(), o).unwrap();
+        let kind = |i: usize| [1u8, 2, 3, 9][i % 4];
+        let rec = |i: usize| {
+            let mut r = vec![kind(i)];
+            r.extend_from_slice(format!("record {i:05}").as_bytes());
+            r
+        };
+        q.append(&rec(0)).unwrap();
+        q.append(&rec(1)).unwrap();
+        q.append(&rec(2)).unwrap();
+        // acknowledged within the first segment: only what follows counts as lost
+        let first = q.read(q.cursor(), 2, usize::MAX).unwrap();
+        q.ack(first[1].next).unwrap();
+        for i in 3..1000 {
+            q.append(&rec(i)).unwrap();
+        }
+        let kept: Vec<usize> = q
+            .read(q.cursor(), usize::MAX, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.data[1..])[7..].parse().unwrap())
+            .collect();
+        let lost: Vec<usize> = (2..kept[0]).collect();
+        let s = q.stats();
+        assert_eq!(s.dropped_records.get(), lost.len() as u64);
+        let mut by_kind = [0u64; 4];
+        for &i in &lost {
+            by_kind[match kind(i) {
+                9 => 0,
+                k => k as usize,
+            }] += 1;
+        }
+        let counted: Vec<u64> = s.dropped_by_kind.iter().map(Counter::get).collect();
+        assert_eq!(counted, by_kind);
     }
 
     #[test]

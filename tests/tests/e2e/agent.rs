@@ -126,6 +126,53 @@ async fn kill_9_of_the_agent_loses_nothing_it_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_agent_under_load_loses_nothing_it_acknowledged() {
+    // The collector is up: while four apps send as fast as the agent answers, the exporter is
+    // pushing and acknowledging, so the kill lands amid appends, pushes and cursor writes.
+    let port = free_port().unwrap();
+    let collector = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.unwrap();
+    let mut agent = Agent::start(&[format!("http://127.0.0.1:{port}")], &FAST_RETRY).await.unwrap();
+    let url = format!("{}/v1/traces", agent.otlp_http_url());
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let apps: Vec<_> = (0..4)
+        .map(|app| {
+            let (url, acked) = (url.clone(), acked.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for i in 0.. {
+                    let n = 1 + (app + i) % 4;
+                    let (body, tid) = app_trace(n);
+                    let r = client.post(&url).header("content-type", "application/x-protobuf").body(body).send().await;
+                    match r.map(|r| r.status().as_u16()) {
+                        Ok(200) => acked.lock().unwrap().push((tid, n)),
+                        // the agent is gone: what got no answer may or may not have been kept
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = collector.get_json("/api/v1/traces?service=checkout&limit=1").await.unwrap();
+    agent.kill9().unwrap();
+    for a in apps {
+        a.await.unwrap();
+    }
+    let sent = acked.lock().unwrap().clone();
+    eprintln!("{} exports acknowledged before the kill", sent.len());
+    assert!(sent.len() >= 50, "only {} exports were acknowledged before the kill", sent.len());
+    assert!(before.1["traces"].as_array().is_some_and(|t| !t.is_empty()), "delivery was under way at the kill: {:?}", before.1);
+    agent.restart().await.unwrap();
+    wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(&collector, &sent).await })
+        .await
+        .unwrap();
+    // Exactly once as seen by the API: spans_by_id panics on a duplicate span.
+    for (tid, n) in &sent {
+        assert_eq!(span_count(&collector, tid).await, *n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_the_oldest_data_counts_it_and_stays_healthy() {
     let port = free_port().unwrap();
     let sets = [("queue.max_bytes", "256KiB"), ("queue.segment_size", "32KiB"), ("queue.sync", "never")];
@@ -136,8 +183,18 @@ async fn a_full_queue_drops_the_oldest_data_counts_it_and_stays_healthy() {
         assert_eq!(agent.post("traces", body).await.unwrap(), 200);
     }
     let m = agent.metrics().await.unwrap();
-    assert!(metric_sum(&m, "skein_agent_queue_dropped_records_total") > 0.0, "{m}");
+    let dropped = metric_sum(&m, "skein_agent_queue_dropped_records_total");
+    assert!(dropped > 0.0, "{m}");
     assert!(metric_sum(&m, "skein_agent_queue_disk_bytes") <= 256.0 * 1024.0, "{m}");
+    // The drop by signal: every dropped record is counted once, and spans were among them.
+    assert_eq!(metric_sum(&m, "skein_agent_queue_dropped_signal_records_total"), dropped, "{m}");
+    let traces = m.lines().find(|l| l.starts_with("skein_agent_queue_dropped_signal_records_total") && l.contains("signal=\"traces\""));
+    assert!(traces.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0) > 0.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "skein_agent_received_items_total"),
+        400.0 * 40.0 + metric_sum(&m, "skein_agent_received_items_total{signal=\"metrics\"}"),
+        "{m}"
+    );
     assert_eq!(agent.admin_get("/healthz").await.unwrap().0, 200);
     assert_eq!(agent.admin_get("/readyz").await.unwrap().0, 200);
     assert!(agent.log().contains("dropped its oldest undelivered records"), "the drop is logged");
@@ -204,6 +261,51 @@ async fn with_two_collectors_a_trace_lands_on_one_and_a_dead_one_only_holds_back
 
     b.restart().await.unwrap();
     wait_until(Duration::from_secs(60), "B's backlog after it returns", || async { all_arrived(&b, &on_b).await }).await.unwrap();
+
+    // Logs go with their trace, over OTLP/JSON with gzip: each trace's log record lands on the
+    // collector that holds the trace. Metrics go by node: all on the node's collector.
+    let now = otlp::now_ns();
+    let records: Vec<serde_json::Value> = first
+        .iter()
+        .map(|(tid, _)| serde_json::json!({"timeUnixNano": now.to_string(), "severityNumber": 9, "body": {"stringValue": format!("log of {tid}")}, "traceId": tid}))
+        .collect();
+    let logs = serde_json::json!({"resourceLogs": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeLogs": [{"logRecords": records}]}]});
+    let (code, text) = agent.post_as("logs", logs.to_string().into_bytes(), "application/json", true).await.unwrap();
+    assert_eq!((code, text.as_str()), (200, "{}"));
+    let metrics = serde_json::json!({"resourceMetrics": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "checkout"}}]},
+        "scopeMetrics": [{"metrics": [{"name": "e2e.json.gauge", "unit": "1", "gauge": {"dataPoints": [{"timeUnixNano": now.to_string(), "asDouble": 1.5}]}}]}]}]});
+    let (code, _) = agent.post_as("metrics", metrics.to_string().into_bytes(), "application/json", true).await.unwrap();
+    assert_eq!(code, 200);
+    let collectors = [&a, &b];
+    wait_until(Duration::from_secs(30), "each trace's log on the trace's collector", || async {
+        for (tid, _) in &first {
+            if logs_of(collectors[owner(tid)], tid).await != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    for (tid, _) in &first {
+        assert_eq!(logs_of(collectors[1 - owner(tid)], tid).await, 0, "the log of {tid} is on one collector only");
+    }
+    let by_node = ring.pick(b"node-a");
+    wait_until(Duration::from_secs(30), "the metric on the node's collector", || async { series(collectors[by_node]).await == 1 })
+        .await
+        .unwrap();
+    assert_eq!(series(collectors[1 - by_node]).await, 0);
+}
+
+/// Log records of trace `tid` at `c`.
+async fn logs_of(c: &Collector, tid: &str) -> usize {
+    c.get_json(&format!("/api/v1/traces/{tid}/logs")).await.ok().and_then(|(_, v)| v["logs"].as_array().map(Vec::len)).unwrap_or(0)
+}
+
+/// Series of the metric `e2e.json.gauge` at `c`.
+async fn series(c: &Collector) -> usize {
+    c.get_json("/api/v1/metrics?name=e2e.json.gauge").await.ok().and_then(|(_, v)| v["series"].as_array().map(Vec::len)).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
