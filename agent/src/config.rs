@@ -204,6 +204,11 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::secs(20));
         assert_eq!(c.file_tail.inputs[0].include, vec!["/var/log/app/*.log".to_string()]);
         c.file_tail.validate().unwrap();
+        // the agent is a native sidecar: an init container that keeps running, gating the app
+        // on its startup probe
+        let agent_entry = yaml.split("  initContainers:\n").nth(1).and_then(|r| r.split("  containers:\n").next()).unwrap();
+        assert!(agent_entry.contains("- name: skein-agent") && agent_entry.contains("restartPolicy: Always"), "{agent_entry}");
+        assert!(agent_entry.contains("startupProbe:"), "{agent_entry}");
         // the systemd unit runs the agent with a config file and its state directory
         let unit = std::fs::read_to_string(root.join("skein-agent.service")).unwrap();
         assert!(unit.contains("ExecStart=/usr/local/bin/skein-agent --config /etc/skein/agent.toml --data-dir /var/lib/skein-agent run"));

@@ -170,13 +170,15 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let max_body = usize::try_from(cfg.otlp.max_body_size.bytes()).unwrap_or(usize::MAX);
     let max_inflight = usize::try_from(cfg.otlp.max_inflight_bytes.bytes()).unwrap_or(usize::MAX);
     let (stop_rx_tx, stop_rx) = watch::channel(false);
-    let (stop_tx_tx, stop_tx) = watch::channel(false);
+    // Exporters learn the drain deadline; the admin port stays up until the very end.
+    let (drain_until_tx, drain_until) = watch::channel(None);
+    let (stop_admin_tx, stop_admin) = watch::channel(false);
     let [grpc, http] = serve_otlp(ingest.clone(), grpc_l, http_l, max_body, max_inflight, Arc::clone(&metrics), stop_rx.clone());
     let state = Arc::new(admin::Admin::new(identity, ingest.clone(), exporters.clone(), metrics));
-    let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait_for_true(stop_tx.clone()));
+    let admin = axum::serve(admin_l, admin::router(Arc::clone(&state))).with_graceful_shutdown(wait_for_true(stop_admin));
     let admin = tokio::spawn(async move { admin.await });
     let drain = cfg.shutdown_timeout.0;
-    let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(stop_tx.clone(), drain))).collect();
+    let tasks: Vec<_> = exporters.iter().map(|e| tokio::spawn(Arc::clone(e).run(drain_until.clone()))).collect();
     let reporter = (!cfg.admin.report_interval.0.is_zero()).then(|| {
         let state = Arc::clone(&state);
         periodic(&ingest, cfg.admin.report_interval.0, stop_rx.clone(), "the agent's own metrics", false, move |now| state.self_report(now))
@@ -241,22 +243,31 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
 
     shutdown_signal().await;
+    // Everything below ends by `shutdown_timeout` after the signal, but a push in flight at
+    // that moment, which may take up to `exporter.timeout`.
+    let deadline = std::time::Instant::now() + drain;
     tracing::info!(timeout = ?drain, "shutting down: no new data; pushing what is queued");
-    // Stop taking data first, then let the exporters drain.
+    // Stop taking data first (requests in progress are answered, sources hand over their last
+    // export), then let the exporters drain.
     let _ = stop_rx_tx.send(true);
-    let _ = tokio::join!(grpc, http);
-    for task in [reporter, host, tail, Some(lag)].into_iter().flatten().chain(scrapers) {
-        let _ = task.await;
+    let stopping = async {
+        let _ = tokio::join!(grpc, http);
+        for task in [reporter, host, tail, Some(lag)].into_iter().flatten().chain(scrapers) {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout_at(deadline.into(), stopping).await.is_err() {
+        tracing::warn!("a listener or source was still busy at shutdown_timeout; not waiting for it");
     }
-    let _ = stop_tx_tx.send(true);
-    // A push in flight at the deadline may take up to `exporter.timeout`; no longer than that.
-    let hard_stop = tokio::time::Instant::now() + drain + cfg.exporter.timeout.0;
+    let _ = drain_until_tx.send(Some(deadline));
+    let hard_stop = tokio::time::Instant::from_std(deadline) + cfg.exporter.timeout.0;
     for t in tasks {
         if tokio::time::timeout_at(hard_stop, t).await.is_err() {
             tracing::warn!("an exporter was still pushing at the shutdown deadline; its records stay queued");
         }
     }
     tracing::info!(records_left_in_queue = state.queued_records(), "stopped");
+    let _ = stop_admin_tx.send(true);
     let _ = admin.await;
     Ok(())
 }

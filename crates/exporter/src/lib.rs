@@ -297,9 +297,10 @@ impl Exporter {
         &self.queue
     }
 
-    /// Runs until `shutdown` turns true, then goes on pushing what is queued until the queue
-    /// is empty or `drain_for` has passed; what is left stays in the queue for the next start.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain_for: std::time::Duration) {
+    /// Runs until `shutdown` names a deadline, then goes on pushing what is queued until the
+    /// queue is empty or the deadline has passed (a push in flight then may take up to
+    /// `exporter.timeout`); what is left stays in the queue for the next start.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<Option<Instant>>) {
         let channel = match Endpoint::from_shared(self.endpoint.clone()) {
             Ok(e) => e.connect_timeout(self.cfg.timeout.0).timeout(self.cfg.timeout.0).tcp_nodelay(true).connect_lazy(),
             Err(e) => {
@@ -319,8 +320,8 @@ impl Exporter {
         let mut attempt = 0u32;
         let mut first_seen: Option<(QueuePos, Instant)> = None;
         loop {
-            if drain_deadline.is_none() && *shutdown.borrow() {
-                drain_deadline = Some(Instant::now() + drain_for);
+            if drain_deadline.is_none() {
+                drain_deadline = *shutdown.borrow();
             }
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 return;

@@ -101,8 +101,9 @@ async fn merges_runs_of_one_signal_retries_and_acks_only_what_was_delivered() {
     queue.append(&record(Signal::Logs, b"\x0a\x00")).unwrap();
     queue.append(&spans(4)).unwrap();
     let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     // the first push failed and was retried; traces 2+3 went as one request, then logs, then 4
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 5), (Signal::Logs, 2), (Signal::Traces, 4)]);
@@ -113,7 +114,7 @@ async fn merges_runs_of_one_signal_retries_and_acks_only_what_was_delivered() {
     queue.append(&spans(1)).unwrap();
     exp.notify.notify_one();
     until("the new record", || script.got.lock().len() == 4).await;
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
 }
 
@@ -126,8 +127,9 @@ async fn a_permanent_failure_drops_the_batch_and_goes_on() {
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&spans(2)).unwrap();
     let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_secs(1);
     until("the drop", || exp.stats.dropped_records[0].get() == 1).await;
     assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("trace id of 3 bytes"));
     queue.append(&spans(3)).unwrap();
@@ -136,7 +138,7 @@ async fn a_permanent_failure_drops_the_batch_and_goes_on() {
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 3)]);
     // acknowledged in the queue once the answer is back
     until("the ack", || queue.stats().depth.get() == 0).await;
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
 }
 
@@ -150,13 +152,14 @@ async fn a_collector_that_is_down_keeps_records_queued_until_it_is_up() {
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&spans(5)).unwrap();
     let exp = Arc::new(Exporter::new(format!("http://{addr}"), cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_millis(100)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_millis(100);
     until("a few retries", || exp.stats.retries.get() >= 3).await;
     assert_eq!(queue.stats().depth.get(), 1, "nothing is acknowledged while the collector is down");
     assert!(!exp.stats.healthy.load(Ordering::Relaxed));
     // shutting down gives up after the drain time and leaves the record queued
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
     assert_eq!(queue.stats().depth.get(), 1);
 }
@@ -203,13 +206,14 @@ async fn a_refused_merged_run_is_retried_record_by_record_so_only_the_bad_one_is
     queue.append(&record(Signal::Traces, &poisoned.encode_to_vec())).unwrap();
     queue.append(&spans(3)).unwrap();
     let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 2), (Signal::Traces, 3)]);
     assert_eq!(exp.stats.dropped_records[0].get(), 1);
     assert_eq!(exp.stats.sent_records[0].get(), 2);
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
 }
 
@@ -226,13 +230,14 @@ async fn requests_stay_under_the_batch_size() {
     // room for about three records a request
     let c = ExporterConfig { batch_max_bytes: ByteSize((one.len() * 3 + 10) as u64), ..cfg() };
     let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let got = script.got.lock().clone();
     assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 100);
     assert!(got.iter().all(|g| g.1 <= 30), "{got:?}");
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
 }
 
@@ -245,11 +250,12 @@ async fn every_compression_reaches_a_grpc_server() {
         let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
         queue.append(&spans(7)).unwrap();
         let exp = Arc::new(Exporter::new(endpoint, ExporterConfig { compression, ..cfg() }, queue.clone()));
-        let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(exp.clone().run(rx));
+        let drain = std::time::Duration::from_secs(1);
         until("the queue to drain", || queue.stats().depth.get() == 0).await;
         assert_eq!(*script.got.lock(), vec![(Signal::Traces, 7)], "{compression:?}");
-        tx.send(true).unwrap();
+        tx.send(Some(Instant::now() + drain)).unwrap();
         task.await.unwrap();
     }
 }
@@ -308,8 +314,9 @@ async fn too_large_records(compression: Compression) {
     queue.append(&spans(3)).unwrap();
     let c = ExporterConfig { batch_max_bytes: ByteSize(3000), compression, ..cfg() };
     let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(exp.clone().run(rx, std::time::Duration::from_secs(1)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let got = script.got.lock().clone();
     // every span of the large record arrived, in requests of whole resources (10 spans each)
@@ -323,7 +330,7 @@ async fn too_large_records(compression: Compression) {
     assert_eq!(exp.stats.dropped_items[0].get(), 30);
     // (zstd: tonic refuses while inflating, RESOURCE_EXHAUSTED; uncompressed: OUT_OF_RANGE)
     assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("4096 bytes"), "{:?}", exp.stats.last_error.lock());
-    tx.send(true).unwrap();
+    tx.send(Some(Instant::now() + drain)).unwrap();
     task.await.unwrap();
 }
 
