@@ -85,6 +85,18 @@ impl Admin {
                 metrics::sample(&mut out, "skein_agent_queue_dropped_signal_records_total", &format!("{l},signal=\"{s}\""), n);
             }
         }
+        metrics::header(
+            &mut out,
+            "skein_agent_queue_dropped_items_total",
+            "counter",
+            "Spans, log records and data points in the records the disk cap dropped, by signal.",
+        );
+        for (l, q) in &queues {
+            for s in skein_otlp::Signal::ALL {
+                let n = q.stats().dropped_items_by_kind[usize::from(s.tag())].get();
+                metrics::sample(&mut out, "skein_agent_queue_dropped_items_total", &format!("{l},signal=\"{s}\""), n);
+            }
+        }
         for e in &self.exporters {
             e.stats.render(&mut out, e.endpoint());
         }

@@ -1,7 +1,8 @@
 //! The agent's exporter: drains a disk-backed [`Queue`] to one collector over OTLP/gRPC.
 //!
-//! Each queue record is one OTLP export of one signal: a [`Signal::tag`] byte, then the
-//! protobuf `Export*ServiceRequest`. The exporter reads records in order, merges consecutive
+//! Each queue record is one OTLP export of one signal ([`Record`]): a [`Signal::tag`] byte
+//! (with [`COUNTED`] set, followed by the number of items), then the protobuf
+//! `Export*ServiceRequest`. The exporter reads records in order, merges consecutive
 //! records of one signal into one request (protobuf concatenation of messages appends their
 //! repeated fields) up to a size, waits up to an age for a batch to fill, pushes it compressed,
 //! and acknowledges the queue only after the collector answered OK. So a record leaves the
@@ -434,21 +435,24 @@ impl Exporter {
         // each record gets its own verdict and one bad record does not take the others along.
         let mut single_until = 0;
         while i < batch.len() {
-            let Some(signal) = batch[i].data.first().and_then(|&t| Signal::from_tag(t)) else {
+            let Some(first) = Record::parse(&batch[i].data) else {
                 let tag = batch[i].data.first().copied();
                 tracing::error!(endpoint = %self.endpoint, ?tag, seq = batch[i].pos.seq, "queue record has an unknown signal tag; dropping it");
                 self.stats.unknown_records.inc();
                 i += 1;
                 continue;
             };
+            let signal = first.signal;
             // A run of one signal, at most `batch_max_bytes` (a larger record goes alone).
             let mut j = i;
             let mut body = bytes::BytesMut::new();
+            let mut items = Some(0usize);
             while j < batch.len()
-                && batch[j].data.first() == Some(&signal.tag())
-                && (j == i || (i >= single_until && body.len() + batch[j].data.len() <= max))
+                && let Some(r) = Record::parse(&batch[j].data).filter(|r| r.signal == signal)
+                && (j == i || (i >= single_until && body.len() + r.body.len() <= max))
             {
-                body.extend_from_slice(&batch[j].data[1..]);
+                body.extend_from_slice(r.body);
+                items = items.zip(r.items).map(|(a, b)| a + b);
                 j += 1;
             }
             let n = (j - i) as u64;
@@ -459,10 +463,10 @@ impl Exporter {
                 // retry sends it all again; the collector removes the pieces it already has.
                 let mut dropped = false;
                 for piece in skein_otlp::split_request(&body, max) {
-                    match self.send(grpc, signal, piece).await {
+                    match self.send(grpc, signal, piece, None).await {
                         Outcome::Ok { .. } => {}
                         Outcome::Permanent(reason) => {
-                            self.drop_refused(signal, piece, 0, &reason);
+                            self.drop_refused(signal, piece, 0, None, &reason);
                             dropped = true;
                         }
                         Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
@@ -473,7 +477,7 @@ impl Exporter {
                 i = j;
                 continue;
             }
-            match self.send(grpc, signal, &body).await {
+            match self.send(grpc, signal, &body, items).await {
                 Outcome::Ok { .. } => self.stats.sent_records[si].add(n),
                 // A merged run refused for good: each record gets its own verdict, so one bad
                 // record does not take the others along.
@@ -481,7 +485,7 @@ impl Exporter {
                     single_until = j;
                     continue;
                 }
-                Outcome::Permanent(reason) => self.drop_refused(signal, &body, n, &reason),
+                Outcome::Permanent(reason) => self.drop_refused(signal, &body, n, items, &reason),
                 Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
             }
             i = j;
@@ -489,19 +493,19 @@ impl Exporter {
         Ok(batch.last().map_or_else(|| self.queue.cursor(), |e| e.next))
     }
 
-    /// Counts and logs `body` (`records` queue records of `signal`) as dropped after the
-    /// collector refused it for good.
-    fn drop_refused(&self, signal: Signal, body: &[u8], records: u64, reason: &str) {
+    /// Counts and logs `body` (`records` queue records of `signal`, with `items` items when
+    /// known) as dropped after the collector refused it for good.
+    fn drop_refused(&self, signal: Signal, body: &[u8], records: u64, items: Option<usize>, reason: &str) {
         let si = signal_index(signal);
-        let items = skein_otlp::count_items(signal, body).unwrap_or(0);
+        let items = items.unwrap_or_else(|| skein_otlp::count_items(signal, body).unwrap_or(0));
         self.stats.dropped_records[si].add(records);
         self.stats.dropped_items[si].add(items as u64);
         tracing::error!(endpoint = %self.endpoint, %signal, records, items, bytes = body.len(), %reason, "collector refused the export for good; dropping it");
     }
 
-    /// One request of `signal` with the export `body`, its success or retryable failure
-    /// counted and logged (a permanent refusal is the caller's to handle).
-    async fn send(&self, grpc: &mut call::Caller, signal: Signal, body: &[u8]) -> Outcome {
+    /// One request of `signal` with the export `body` (of `items` items, when known), its
+    /// success or retryable failure counted and logged (a permanent refusal is the caller's).
+    async fn send(&self, grpc: &mut call::Caller, signal: Signal, body: &[u8], items: Option<usize>) -> Outcome {
         let t = Instant::now();
         let outcome = match tokio::time::timeout(self.cfg.timeout.0, grpc.unary(signal.grpc_path(), body)).await {
             Err(_) => Outcome::Retry { after: None, reason: format!("no answer within {:?} (exporter.timeout)", self.cfg.timeout.0) },
@@ -513,7 +517,7 @@ impl Exporter {
             }
         };
         let si = signal_index(signal);
-        let items = || skein_otlp::count_items(signal, body).unwrap_or(0) as u64;
+        let items = || items.unwrap_or_else(|| skein_otlp::count_items(signal, body).unwrap_or(0)) as u64;
         match &outcome {
             Outcome::Ok { rejected, message } => {
                 self.stats.latency.observe(t.elapsed());
@@ -541,10 +545,51 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The flag of a record's first byte saying that the item count (u32, little-endian)
+/// follows the signal tag: `COUNTED | tag`, count, body. Records written before it have the
+/// tag alone; their items are counted on the wire when needed.
+pub const COUNTED: u8 = 0x80;
+
+/// A queue record: an OTLP export of one signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Its signal.
+    pub signal: Signal,
+    /// Spans, log records or data points in it, when the record says.
+    pub items: Option<usize>,
+    /// The protobuf `Export*ServiceRequest`.
+    pub body: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The record in `data`; `None` for an unknown tag or a short header.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&first, rest) = data.split_first()?;
+        let signal = Signal::from_tag(first & !COUNTED)?;
+        if first & COUNTED == 0 {
+            return Some(Self { signal, items: None, body: rest });
+        }
+        let (count, body) = rest.split_first_chunk::<4>()?;
+        Some(Self { signal, items: Some(u32::from_le_bytes(*count) as usize), body })
+    }
+
+    /// Its items, counted on the wire if the record does not say.
+    pub fn items(&self) -> usize {
+        self.items.unwrap_or_else(|| skein_otlp::count_items(self.signal, self.body).unwrap_or(0))
+    }
+}
+
+/// The header of a record of `items` items of `signal`: append the body after it.
+pub fn record_header(signal: Signal, items: usize) -> [u8; 5] {
+    let n = u32::try_from(items).unwrap_or(u32::MAX).to_le_bytes();
+    [COUNTED | signal.tag(), n[0], n[1], n[2], n[3]]
+}
+
 /// A queue record for an export of `signal` whose protobuf encoding is `body`.
 pub fn record(signal: Signal, body: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(1 + body.len());
-    r.push(signal.tag());
+    let items = skein_otlp::count_items(signal, body).unwrap_or(0);
+    let mut r = Vec::with_capacity(5 + body.len());
+    r.extend_from_slice(&record_header(signal, items));
     r.extend_from_slice(body);
     r
 }

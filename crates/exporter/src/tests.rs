@@ -383,3 +383,29 @@ async fn a_proxys_retry_after_sets_the_pause() {
     proxy.abort();
     drop(upstream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_queued_before_the_item_count_are_merged_and_counted_with_the_new_ones() {
+    let script = Arc::new(Script::default());
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    // an older agent's record: the tag alone, then the body
+    let new = spans(2);
+    let parsed = Record::parse(&new).unwrap();
+    assert_eq!((parsed.signal, parsed.items), (Signal::Traces, Some(2)));
+    let old = [&[Signal::Traces.tag()][..], parsed.body].concat();
+    assert_eq!(Record::parse(&old).map(|r| (r.items, r.items())), Some((None, 2)));
+    queue.append(&old).unwrap();
+    queue.append(&spans(3)).unwrap();
+    assert_eq!(Record::parse(&[0x80 | 1, 0, 0]), None, "a short count is not a record");
+    assert_eq!(Record::parse(&[7]), None);
+    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    assert_eq!(*script.got.lock(), vec![(Signal::Traces, 5)]);
+    assert_eq!((exp.stats.sent_records[0].get(), exp.stats.sent_items[0].get()), (2, 5));
+    tx.send(Some(Instant::now())).unwrap();
+    task.await.unwrap();
+}

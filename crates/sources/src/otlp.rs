@@ -126,27 +126,27 @@ impl AgentIngest {
         outcome: ExportOutcome,
     ) -> Result<ExportOutcome, ApiError> {
         let (mut queued, mut lost, mut why) = (0usize, 0usize, None);
+        let whole = parts.len() == 1;
         for (e, body) in parts {
             let Some(dest) = self.destinations.get(e) else { continue };
             let queue = Arc::clone(&dest.queue);
-            // The record is the signal's tag, then the body (see `skein_exporter::record`).
-            let appended = tokio::task::spawn_blocking(move || {
-                let r = queue.append_parts(&[&[signal.tag()], &body]);
-                (r, body)
-            })
-            .await;
-            let (err, body) = match appended {
-                Ok((Ok(_), _)) => {
+            // The record: the signal and its item count, then the body (`skein_exporter::Record`).
+            // One part holds every item; a share for one of several collectors is counted.
+            let n = if whole { items } else { skein_otlp::count_items(signal, &body).unwrap_or(0) };
+            let header = skein_exporter::record_header(signal, n);
+            let appended = tokio::task::spawn_blocking(move || queue.append_parts(&[&header, &body])).await;
+            let err = match appended {
+                Ok(Ok(_)) => {
                     dest.notify.notify_one();
                     queued += 1;
                     continue;
                 }
-                Ok((Err(err), body)) => (err.to_string(), Some(body)),
-                Err(join) => (format!("queue append task failed: {join}"), None),
+                Ok(Err(err)) => err.to_string(),
+                Err(join) => format!("queue append task failed: {join}"),
             };
             self.stats.queue_failures.inc();
             tracing::error!(error = %err, collector = e, "cannot append to the queue");
-            lost += body.map_or(0, |b| items_in(signal, &b));
+            lost += n;
             why = Some(err);
         }
         let Some(why) = why else {
@@ -167,24 +167,6 @@ impl AgentIngest {
             signal.items()
         );
         Ok(ExportOutcome { rejected: outcome.rejected + lost as i64, message })
-    }
-}
-
-/// Spans, log records or data points in the protobuf export `body` of `signal`.
-fn items_in(signal: Signal, body: &[u8]) -> usize {
-    match signal {
-        Signal::Traces => ExportTraceServiceRequest::decode(body)
-            .map_or(0, |r| r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()),
-        Signal::Logs => ExportLogsServiceRequest::decode(body)
-            .map_or(0, |r| r.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum()),
-        Signal::Metrics => ExportMetricsServiceRequest::decode(body).map_or(0, |r| {
-            r.resource_metrics
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .flat_map(|s| &s.metrics)
-                .map(skein_otlp::validate_signals::data_points)
-                .sum()
-        }),
     }
 }
 
@@ -256,8 +238,11 @@ mod tests {
             .unwrap()
             .into_iter()
             .map(|en| {
-                assert_eq!(en.data[0], Signal::Traces.tag());
-                ExportTraceServiceRequest::decode(&en.data[1..]).unwrap()
+                let r = skein_exporter::Record::parse(&en.data).unwrap();
+                assert_eq!(r.signal, Signal::Traces);
+                let req = ExportTraceServiceRequest::decode(r.body).unwrap();
+                assert_eq!(r.items, Some(req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum()));
+                req
             })
             .collect()
     }

@@ -119,9 +119,12 @@ pub struct QueueStats {
     pub dropped_records: Counter,
     /// Bytes of segment files dropped by the disk cap while they held unacknowledged records.
     pub dropped_bytes: Counter,
-    /// [`QueueStats::dropped_records`] by the first byte of each record: index 1 to 3 for a
-    /// first byte of 1 to 3 (the agent's signal tags), index 0 for anything else.
+    /// [`QueueStats::dropped_records`] by the kind of each record: its first byte without
+    /// the high bit, 1 to 3 (the agent's signal tags), or 0 for anything else.
     pub dropped_by_kind: [Counter; 4],
+    /// Items in the dropped records, by kind, for records whose first byte has the high bit
+    /// set: a u32 (little-endian) item count follows it (the agent's counted records).
+    pub dropped_items_by_kind: [Counter; 4],
     /// Corrupt tails cut off when the queue was opened.
     pub recovered_corruptions: Counter,
     /// Bytes of segment files on disk.
@@ -351,7 +354,10 @@ impl Queue {
             if lost > 0 {
                 let from = if inner.cursor.lsn.segment == old.id { inner.cursor.lsn.offset } else { HEADER_LEN };
                 match self.kinds(old.id, from, old.len) {
-                    Ok(kinds) => kinds.iter().zip(&self.stats.dropped_by_kind).for_each(|(n, c)| c.add(*n)),
+                    Ok((records, items)) => {
+                        records.iter().zip(&self.stats.dropped_by_kind).for_each(|(n, c)| c.add(*n));
+                        items.iter().zip(&self.stats.dropped_items_by_kind).for_each(|(n, c)| c.add(*n));
+                    }
                     Err(e) => {
                         tracing::warn!(segment = old.id, error = %e, "cannot read the kinds of the records the disk cap drops");
                         self.stats.dropped_by_kind[0].add(lost);
@@ -379,13 +385,13 @@ impl Queue {
         // The cursor on disk may now name a deleted segment; open handles that.
     }
 
-    /// How many records of segment `id` from `offset` to `len` start with each byte value
-    /// (as [`QueueStats::dropped_by_kind`] counts them): only each record's header and first
-    /// byte are read.
-    fn kinds(&self, id: u64, mut offset: u64, len: u64) -> io::Result<[u64; 4]> {
+    /// Records and items of segment `id` from `offset` to `len` by kind (as
+    /// [`QueueStats::dropped_by_kind`] and [`QueueStats::dropped_items_by_kind`] count them):
+    /// only each record's header and first five bytes are read.
+    fn kinds(&self, id: u64, mut offset: u64, len: u64) -> io::Result<([u64; 4], [u64; 4])> {
         let mut r = BufReader::new(File::open(segment::path(&self.dir, id))?);
         r.seek(SeekFrom::Start(offset))?;
-        let mut out = [0u64; 4];
+        let (mut records, mut items) = ([0u64; 4], [0u64; 4]);
         while offset < len {
             let mut head = [0u8; segment::FRAME_HEADER_LEN + TIME_LEN + 1];
             r.read_exact(&mut head)?;
@@ -393,13 +399,24 @@ impl Queue {
             if n <= TIME_LEN {
                 return Err(io::Error::other(format!("record length {n} at offset {offset}")));
             }
-            let kind = head[segment::FRAME_HEADER_LEN + TIME_LEN];
-            out[if (1..=3).contains(&kind) { kind as usize } else { 0 }] += 1;
+            let first = head[segment::FRAME_HEADER_LEN + TIME_LEN];
+            let kind = match first & 0x7f {
+                k @ 1..=3 => usize::from(k),
+                _ => 0,
+            };
+            records[kind] += 1;
+            let mut read = head.len();
+            if first & 0x80 != 0 && n >= TIME_LEN + 5 {
+                let mut count = [0u8; 4];
+                r.read_exact(&mut count)?;
+                items[kind] += u64::from(u32::from_le_bytes(count));
+                read += 4;
+            }
             let frame = segment::frame_len(n);
-            r.seek_relative(i64::try_from(frame).unwrap_or(i64::MAX) - head.len() as i64)?;
+            r.seek_relative(i64::try_from(frame).unwrap_or(i64::MAX) - read as i64)?;
             offset += frame;
         }
-        Ok(out)
+        Ok((records, items))
     }
 
     /// Up to `max_records` records (and about `max_bytes` of data, at least one record)
@@ -785,8 +802,13 @@ mod tests {
         let o = QueueOptions { max_bytes: 16 * 1024, segment_size: 4096, sync: SyncPolicy::Never };
         let q = Queue::open(dir.path(), o).unwrap();
         let kind = |i: usize| [1u8, 2, 3, 9][i % 4];
+        // every other record of kinds 1-3 says how many items it holds (i % 7 + 1)
+        let counted = |i: usize| i % 2 == 0 && kind(i) != 9;
         let rec = |i: usize| {
-            let mut r = vec![kind(i)];
+            let mut r = if counted(i) { vec![kind(i) | 0x80] } else { vec![kind(i)] };
+            if counted(i) {
+                r.extend_from_slice(&u32::try_from(i % 7 + 1).unwrap().to_le_bytes());
+            }
             r.extend_from_slice(format!("record {i:05}").as_bytes());
             r
         };
@@ -803,7 +825,7 @@ mod tests {
             .read(q.cursor(), usize::MAX, usize::MAX)
             .unwrap()
             .iter()
-            .map(|e| String::from_utf8_lossy(&e.data[1..])[7..].parse().unwrap())
+            .map(|e| String::from_utf8_lossy(&e.data[e.data.len() - 5..]).parse().unwrap())
             .collect();
         let lost: Vec<usize> = (2..kept[0]).collect();
         let s = q.stats();

@@ -1,5 +1,5 @@
 //! The agent's footprint: idle RSS, then CPU and RSS while it forwards spans at fixed rates
-//! (OTLP/HTTP protobuf in, queue with fsync, OTLP/gRPC gzip out to a real collector).
+//! (OTLP/HTTP protobuf in, queue with fsync, OTLP/gRPC zstd out to a real collector).
 //!
 //! `cargo build --release -p skein-agent -p skein-collector -p skein-tests --features bench --bin agentbench`
 //! `target/release/agentbench --rates 10000,50000 --seconds 20`
@@ -32,6 +32,10 @@ struct Args {
     /// batch span processor (512 spans per export).
     #[arg(long, default_value_t = 20)]
     traces_per_request: usize,
+    /// Write the requests, concatenated (itself one valid export request), to this file and
+    /// exit: input for `zstd -b` when choosing the push compression.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 fn ticks_per_sec() -> f64 {
@@ -116,6 +120,13 @@ async fn main() -> Result<()> {
         let (r, _) = synth.batch(args.traces_per_request, now);
         let n = r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         requests.push((bytes::Bytes::from(r.encode_to_vec()), n));
+    }
+    if let Some(path) = &args.dump {
+        let all: Vec<u8> = requests.iter().flat_map(|r| r.0.iter().copied()).collect();
+        std::fs::write(path, all)?;
+        let _ = agent.kill();
+        let _ = collector.kill();
+        return Ok(());
     }
     let per_req = requests.iter().map(|r| r.1).sum::<usize>() as f64 / requests.len() as f64;
     // Baseline: decode + re-encode only, one thread.

@@ -188,8 +188,16 @@ async fn a_full_queue_drops_the_oldest_data_counts_it_and_stays_healthy() {
     assert!(metric_sum(&m, "skein_agent_queue_disk_bytes") <= 256.0 * 1024.0, "{m}");
     // The drop by signal: every dropped record is counted once, and spans were among them.
     assert_eq!(metric_sum(&m, "skein_agent_queue_dropped_signal_records_total"), dropped, "{m}");
-    let traces = m.lines().find(|l| l.starts_with("skein_agent_queue_dropped_signal_records_total") && l.contains("signal=\"traces\""));
-    assert!(traces.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0) > 0.0, "{m}");
+    let traces = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name) && l.contains("signal=\"traces\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let records = traces("skein_agent_queue_dropped_signal_records_total");
+    assert!(records > 0.0, "{m}");
+    // each of those exports held 40 spans
+    assert_eq!(traces("skein_agent_queue_dropped_items_total"), 40.0 * records, "{m}");
     assert_eq!(
         metric_sum(&m, "skein_agent_received_items_total"),
         400.0 * 40.0 + metric_sum(&m, "skein_agent_received_items_total{signal=\"metrics\"}"),
