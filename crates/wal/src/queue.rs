@@ -14,9 +14,10 @@
 //! CURSOR         = segment: u64 LE | offset: u64 LE | crc32 of those 16 bytes: u32 LE
 //! ```
 //!
-//! The cursor is replaced atomically (written to `CURSOR.tmp`, renamed) but not fsynced: a
-//! machine crash may leave an older cursor, or a torn one that fails its checksum (then the
-//! oldest segment is the start), which only means records are sent again. Delivery is at least
+//! The cursor is overwritten in place with one 20-byte write (a process that dies leaves the
+//! old or the new one; a disk sector is written whole) and not fsynced: a machine crash may
+//! leave an older cursor, or a torn one that fails its checksum (then the oldest segment is the
+//! start), which only means records are sent again. Delivery is at least
 //! once, and the collector removes the duplicates. Segments wholly before the cursor are
 //! deleted.
 //!
@@ -172,6 +173,8 @@ pub struct Queue {
     opts: QueueOptions,
     inner: Mutex<Inner>,
     stats: QueueStats,
+    /// `CURSOR`, open once it has been written (taken with `inner` held).
+    cursor_file: Mutex<Option<File>>,
     _lock: File,
 }
 
@@ -255,7 +258,9 @@ impl Queue {
             // Every old record is acknowledged.
             inner.cursor = QueuePos { lsn: Lsn { segment: id, offset: HEADER_LEN }, seq };
         }
-        let q = Queue { dir: dir.to_owned(), opts, inner: Mutex::new(inner), stats, _lock: lock };
+        // Left by a version that replaced the cursor by renaming a temporary file.
+        let _ = fs::remove_file(dir.join(CURSOR_TMP));
+        let q = Queue { dir: dir.to_owned(), opts, inner: Mutex::new(inner), stats, cursor_file: Mutex::new(None), _lock: lock };
         {
             let mut inner = q.inner.lock();
             q.delete_acked(&mut inner)?;
@@ -555,16 +560,27 @@ impl Queue {
         buf.extend_from_slice(&c.lsn.offset.to_le_bytes());
         let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
-        let tmp = self.dir.join(CURSOR_TMP);
-        // Not fsynced, whatever the sync policy: a cursor lost or torn by a machine crash only
-        // means records are sent again (its checksum catches a torn one), and syncing it cost two
-        // fsyncs per push.
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            f.write_all(&buf)?;
-            fs::rename(&tmp, self.dir.join(CURSOR))
+        // Overwritten in place and not fsynced, whatever the sync policy: a cursor lost or torn
+        // by a machine crash only means records are sent again (its checksum catches a torn
+        // one). Syncing it cost two fsyncs per push, and replacing the file by a rename an open,
+        // a rename and an inode per push.
+        let mut file = self.cursor_file.lock();
+        let write = |file: &mut Option<File>| -> io::Result<()> {
+            if file.is_none() {
+                let f = OpenOptions::new().write(true).create(true).truncate(false).open(self.dir.join(CURSOR))?;
+                f.set_len(buf.len() as u64)?;
+                *file = Some(f);
+            }
+            match file {
+                Some(f) => std::os::unix::fs::FileExt::write_all_at(f, &buf, 0),
+                None => Ok(()),
+            }
         };
-        write().map_err(|source| Error::Cursor { path: self.dir.join(CURSOR), source })
+        write(&mut file).map_err(|source| {
+            // Reopened next time: the handle may be what failed.
+            *file = None;
+            Error::Cursor { path: self.dir.join(CURSOR), source }
+        })
     }
 
     /// Deletes the segments before the cursor's (never the active one).
