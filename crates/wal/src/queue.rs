@@ -178,6 +178,28 @@ pub struct Queue {
     _lock: File,
 }
 
+/// Writes `head`, then each of `parts`, with vectored writes (at most [`MAX_IOV`] slices a
+/// call), going on after short writes.
+fn write_all_parts(f: &mut File, head: &[u8], parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len() + 1);
+    slices.push(io::IoSlice::new(head));
+    slices.extend(parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)));
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = bufs.len().min(MAX_IOV);
+        match f.write_vectored(&bufs[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => io::IoSlice::advance_slices(&mut bufs, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The most slices one `writev` takes (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -299,11 +321,17 @@ impl Queue {
             return Err(Error::RecordTooLarge { len, max: MAX_RECORD_LEN - TIME_LEN });
         }
         let time = now_ms().to_le_bytes();
-        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        all.push(&time);
-        all.extend_from_slice(parts);
-        let mut frame = Vec::with_capacity(segment::FRAME_HEADER_LEN + TIME_LEN + len);
-        segment::encode_frame_parts(&mut frame, &all);
+        // The frame's header and the append time are written with the parts in one vectored
+        // write: the data is not copied into a frame buffer first.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&time);
+        parts.iter().for_each(|p| crc.update(p));
+        let payload_len = u32::try_from(TIME_LEN + len).map_err(|_| Error::RecordTooLarge { len, max: MAX_RECORD_LEN - TIME_LEN })?;
+        let mut head = [0u8; segment::FRAME_HEADER_LEN + TIME_LEN];
+        head[..4].copy_from_slice(&payload_len.to_le_bytes());
+        head[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+        head[8..].copy_from_slice(&time);
+        let frame_len = segment::frame_len(TIME_LEN + len);
         let mut inner = self.inner.lock();
         let active_len = inner.end().lsn.offset;
         if inner.roll_next || (active_len >= self.opts.segment_size && active_len > HEADER_LEN) {
@@ -311,8 +339,11 @@ impl Queue {
         }
         let pos = inner.end();
         let path = segment::path(&self.dir, pos.lsn.segment);
-        let written =
-            inner.active.write_all(&frame).map_err(|source| Error::Write { segment: pos.lsn.segment, path: path.clone(), source });
+        let written = write_all_parts(&mut inner.active, &head, parts).map_err(|source| Error::Write {
+            segment: pos.lsn.segment,
+            path: path.clone(),
+            source,
+        });
         let synced = written.and_then(|()| match self.opts.sync {
             SyncPolicy::Always => inner.active.sync_data().map_err(|source| Error::Sync { segment: pos.lsn.segment, path, source }),
             SyncPolicy::Never => Ok(()),
@@ -322,7 +353,7 @@ impl Queue {
             return Err(e);
         }
         let seg = inner.segs.back_mut().expect("active segment");
-        seg.len += frame.len() as u64;
+        seg.len += frame_len;
         seg.records += 1;
         self.stats.appended_records.inc();
         self.stats.appended_bytes.add(len as u64);
