@@ -850,7 +850,7 @@ mod tests {
         let q = Queue::open(dir.path(), o).unwrap();
         let kind = |i: usize| [1u8, 2, 3, 9][i % 4];
         // every other record of kinds 1-3 says how many items it holds (i % 7 + 1)
-        let counted = |i: usize| i % 2 == 0 && kind(i) != 9;
+        let counted = |i: usize| i.is_multiple_of(2) && kind(i) != 9;
         let rec = |i: usize| {
             let mut r = if counted(i) { vec![kind(i) | 0x80] } else { vec![kind(i)] };
             if counted(i) {
