@@ -126,6 +126,7 @@ async fn metric_series_aggregate_per_node_and_rate_handles_resets() {
     assert_eq!(series[0]["attributes"]["route"], "/cart");
     assert_eq!(series[1]["points"], serde_json::json!([[T0, 10.0], [T0 + 10 * S, 30.0], [T0 + 20 * S, 50.0], [T0 + 30 * S, 5.0]]));
     assert_eq!(v["kind"], "sum");
+    assert_eq!(v["truncated"], false, "{v}");
     // rate: increases per second, the reset counts the value after it
     let rate = e.metric_series(&MetricQuery { agg: MetricAgg::Rate, node: Some("web-1".into()), ..q.clone() }).await.unwrap();
     assert_eq!(rate["series"][0]["points"], serde_json::json!([[T0 + 10 * S, 2.0], [T0 + 20 * S, 2.0], [T0 + 30 * S, 0.5]]));

@@ -160,6 +160,9 @@ impl Engine {
         let lookback = if q.agg == MetricAgg::Rate { q.step_ns } else { 0 };
         time_filters(&mut f, Some(q.start_ns.saturating_sub(lookback)), Some(q.end_ns));
         let batches = collect(&ctx, "metrics_raw", f, true, super::MAX_SERIES_POINTS).await?;
+        // Points are read oldest first up to the limit: past it the series end early, and the
+        // answer says so instead of looking complete.
+        let truncated = batches.iter().map(RecordBatch::num_rows).sum::<usize>() >= super::MAX_SERIES_POINTS;
         let mut series: BTreeMap<(String, String), Series> = BTreeMap::new();
         let (mut unit, mut kind) = (None, None);
         let mut seen = HashSet::new();
@@ -230,6 +233,7 @@ impl Engine {
             "end_unix_nano": q.end_ns,
             "step_ns": q.step_ns,
             "series": out,
+            "truncated": truncated,
         }))
     }
 
