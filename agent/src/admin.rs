@@ -73,28 +73,25 @@ impl Admin {
         let labels: Vec<String> = self.exporters.iter().map(|e| format!("endpoint=\"{}\"", e.endpoint())).collect();
         let queues: Vec<(&str, &Queue)> = self.exporters.iter().zip(&labels).map(|(e, l)| (l.as_str(), e.queue().as_ref())).collect();
         Queue::render_metrics(&queues, &mut out, "skein_agent_queue");
-        metrics::header(
-            &mut out,
-            "skein_agent_queue_dropped_signal_records_total",
-            "counter",
-            "Undelivered queue records dropped because the queue reached its disk cap, by signal.",
-        );
-        for (l, q) in &queues {
-            for s in skein_otlp::Signal::ALL {
-                let n = q.stats().dropped_by_kind[usize::from(s.tag())].get();
-                metrics::sample(&mut out, "skein_agent_queue_dropped_signal_records_total", &format!("{l},signal=\"{s}\""), n);
-            }
-        }
-        metrics::header(
-            &mut out,
-            "skein_agent_queue_dropped_items_total",
-            "counter",
-            "Spans, log records and data points in the records the disk cap dropped, by signal.",
-        );
-        for (l, q) in &queues {
-            for s in skein_otlp::Signal::ALL {
-                let n = q.stats().dropped_items_by_kind[usize::from(s.tag())].get();
-                metrics::sample(&mut out, "skein_agent_queue_dropped_items_total", &format!("{l},signal=\"{s}\""), n);
+        let by_signal: [(&str, &str, fn(&skein_wal::QueueStats) -> &[skein_core::metrics::Counter; 4]); 2] = [
+            (
+                "skein_agent_queue_dropped_signal_records_total",
+                "Undelivered queue records dropped because the queue reached its disk cap, by signal.",
+                |s| &s.dropped_by_kind,
+            ),
+            (
+                "skein_agent_queue_dropped_items_total",
+                "Spans, log records and data points in the records the disk cap dropped, by signal.",
+                |s| &s.dropped_items_by_kind,
+            ),
+        ];
+        for (name, help, counters) in by_signal {
+            metrics::header(&mut out, name, "counter", help);
+            for (l, q) in &queues {
+                for s in skein_otlp::Signal::ALL {
+                    let n = counters(q.stats())[usize::from(s.tag())].get();
+                    metrics::sample(&mut out, name, &format!("{l},signal=\"{s}\""), n);
+                }
             }
         }
         for e in &self.exporters {
