@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// A queue's counters by record kind (the agent's signal tags).
+type KindCounters = fn(&skein_wal::QueueStats) -> &[skein_core::metrics::Counter; 4];
+
 /// What the admin endpoints read.
 pub struct Admin {
     identity: NodeIdentity,
@@ -73,7 +76,7 @@ impl Admin {
         let labels: Vec<String> = self.exporters.iter().map(|e| format!("endpoint=\"{}\"", e.endpoint())).collect();
         let queues: Vec<(&str, &Queue)> = self.exporters.iter().zip(&labels).map(|(e, l)| (l.as_str(), e.queue().as_ref())).collect();
         Queue::render_metrics(&queues, &mut out, "skein_agent_queue");
-        let by_signal: [(&str, &str, fn(&skein_wal::QueueStats) -> &[skein_core::metrics::Counter; 4]); 2] = [
+        let by_signal: [(&str, &str, KindCounters); 2] = [
             (
                 "skein_agent_queue_dropped_signal_records_total",
                 "Undelivered queue records dropped because the queue reached its disk cap, by signal.",
