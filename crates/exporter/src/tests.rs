@@ -409,3 +409,29 @@ async fn records_queued_before_the_item_count_are_merged_and_counted_with_the_ne
     tx.send(Some(Instant::now())).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_info_delay_holds_the_next_attempt_back() {
+    let script = Arc::new(Script::default());
+    // RESOURCE_EXHAUSTED with RetryInfo of 1 s (the collector's head is full); the exporter's
+    // own backoff here starts at 10 ms.
+    script.fail.lock().push_back(
+        ApiError::new(ErrorCode::ResourceExhausted, "head is full").with_retry_after(std::time::Duration::from_secs(1)),
+    );
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    queue.append(&spans(2)).unwrap();
+    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
+    let (tx, rx) = watch::channel(None);
+    let t = Instant::now();
+    let task = tokio::spawn(exp.clone().run(rx));
+    until("the first attempt", || script.attempts.load(Ordering::Relaxed) == 1).await;
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    let took = t.elapsed();
+    assert!(took >= std::time::Duration::from_secs(1), "retried after {took:?}, before the server's RetryInfo delay");
+    assert_eq!(script.attempts.load(Ordering::Relaxed), 2);
+    assert_eq!(exp.stats.retries.get(), 1);
+    tx.send(Some(Instant::now())).unwrap();
+    task.await.unwrap();
+}
