@@ -415,9 +415,10 @@ async fn a_retry_info_delay_holds_the_next_attempt_back() {
     let script = Arc::new(Script::default());
     // RESOURCE_EXHAUSTED with RetryInfo of 1 s (the collector's head is full); the exporter's
     // own backoff here starts at 10 ms.
-    script.fail.lock().push_back(
-        ApiError::new(ErrorCode::ResourceExhausted, "head is full").with_retry_after(std::time::Duration::from_secs(1)),
-    );
+    script
+        .fail
+        .lock()
+        .push_back(ApiError::new(ErrorCode::ResourceExhausted, "head is full").with_retry_after(std::time::Duration::from_secs(1)));
     let endpoint = serve(script.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
