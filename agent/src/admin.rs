@@ -91,10 +91,12 @@ impl Admin {
         for (name, help, counters) in by_signal {
             metrics::header(&mut out, name, "counter", help);
             for (l, q) in &queues {
+                let c = counters(q.stats());
                 for s in skein_otlp::Signal::ALL {
-                    let n = counters(q.stats())[usize::from(s.tag())].get();
-                    metrics::sample(&mut out, name, &format!("{l},signal=\"{s}\""), n);
+                    metrics::sample(&mut out, name, &format!("{l},signal=\"{s}\""), c[usize::from(s.tag())].get());
                 }
+                // records whose kind could not be read before the cap deleted them
+                metrics::sample(&mut out, name, &format!("{l},signal=\"unknown\""), c[0].get());
             }
         }
         for e in &self.exporters {

@@ -322,7 +322,7 @@ impl Exporter {
         let mut first_seen: Option<(QueuePos, Instant)> = None;
         loop {
             if drain_deadline.is_none() {
-                drain_deadline = *shutdown.borrow();
+                drain_deadline = *shutdown.borrow_and_update();
             }
             if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
@@ -461,24 +461,30 @@ impl Exporter {
                 // One record over the batch size (an app's large export): sent as requests of
                 // whole resources, so it fits the collector's limit it was received under. A
                 // retry sends it all again; the collector removes the pieces it already has.
-                let mut dropped = false;
+                // Counted once the whole record is through, so a retry counts nothing twice.
+                let (mut sent, mut refused) = (0usize, Vec::new());
                 for piece in skein_otlp::split_request(&body, max) {
-                    match self.send(grpc, signal, piece, None).await {
-                        Outcome::Ok { .. } => {}
-                        Outcome::Permanent(reason) => {
-                            self.drop_refused(signal, piece, 0, None, &reason);
-                            dropped = true;
-                        }
+                    match self.send(grpc, signal, piece).await {
+                        Outcome::Ok { .. } => sent += skein_otlp::count_items(signal, piece).unwrap_or(0),
+                        Outcome::Permanent(reason) => refused.push((piece, reason)),
                         Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
                     }
                 }
-                let records = if dropped { &self.stats.dropped_records } else { &self.stats.sent_records };
+                self.stats.sent_items[si].add(sent as u64);
+                for (piece, reason) in &refused {
+                    self.drop_refused(signal, piece, 0, None, reason);
+                }
+                let records = if refused.is_empty() { &self.stats.sent_records } else { &self.stats.dropped_records };
                 records[si].inc();
                 i = j;
                 continue;
             }
-            match self.send(grpc, signal, &body, items).await {
-                Outcome::Ok { .. } => self.stats.sent_records[si].add(n),
+            match self.send(grpc, signal, &body).await {
+                Outcome::Ok { .. } => {
+                    self.stats.sent_records[si].add(n);
+                    let items = items.unwrap_or_else(|| skein_otlp::count_items(signal, &body).unwrap_or(0));
+                    self.stats.sent_items[si].add(items as u64);
+                }
                 // A merged run refused for good: each record gets its own verdict, so one bad
                 // record does not take the others along.
                 Outcome::Permanent(_) if n > 1 => {
@@ -503,9 +509,10 @@ impl Exporter {
         tracing::error!(endpoint = %self.endpoint, %signal, records, items, bytes = body.len(), %reason, "collector refused the export for good; dropping it");
     }
 
-    /// One request of `signal` with the export `body` (of `items` items, when known), its
-    /// success or retryable failure counted and logged (a permanent refusal is the caller's).
-    async fn send(&self, grpc: &mut call::Caller, signal: Signal, body: &[u8], items: Option<usize>) -> Outcome {
+    /// One request of `signal` with the export `body`, its success (but for the items, which
+    /// the caller counts) or retryable failure recorded and logged (a permanent refusal is the
+    /// caller's to handle).
+    async fn send(&self, grpc: &mut call::Caller, signal: Signal, body: &[u8]) -> Outcome {
         let t = Instant::now();
         let outcome = match tokio::time::timeout(self.cfg.timeout.0, grpc.unary(signal.grpc_path(), body)).await {
             Err(_) => Outcome::Retry { after: None, reason: format!("no answer within {:?} (exporter.timeout)", self.cfg.timeout.0) },
@@ -517,12 +524,10 @@ impl Exporter {
             }
         };
         let si = signal_index(signal);
-        let items = || items.unwrap_or_else(|| skein_otlp::count_items(signal, body).unwrap_or(0)) as u64;
         match &outcome {
             Outcome::Ok { rejected, message } => {
                 self.stats.latency.observe(t.elapsed());
                 self.stats.requests.inc();
-                self.stats.sent_items[si].add(items());
                 self.stats.healthy.store(true, Ordering::Relaxed);
                 self.stats.last_success_unix_ms.store(now_ms(), Ordering::Relaxed);
                 if *rejected > 0 || !message.is_empty() {

@@ -14,6 +14,8 @@ struct Script {
     got: Mutex<Vec<(Signal, usize)>>,
     /// Failures to answer with first, in order.
     fail: Mutex<VecDeque<ApiError>>,
+    /// A failure for one attempt (1 is the first).
+    fail_attempt: Mutex<Option<(u64, ApiError)>>,
     attempts: AtomicU64,
 }
 
@@ -23,8 +25,11 @@ impl OtlpIngest for Script {
     }
     fn export_protobuf(&self, signal: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
         Box::pin(async move {
-            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(e) = self.fail.lock().pop_front() {
+                return Err(e);
+            }
+            if let Some((_, e)) = self.fail_attempt.lock().take_if(|(n, _)| *n == attempt) {
                 return Err(e);
             }
             let n = match signal {
@@ -433,6 +438,27 @@ async fn a_retry_info_delay_holds_the_next_attempt_back() {
     assert!(took >= std::time::Duration::from_secs(1), "retried after {took:?}, before the server's RetryInfo delay");
     assert_eq!(script.attempts.load(Ordering::Relaxed), 2);
     assert_eq!(exp.stats.retries.get(), 1);
+    tx.send(Some(Instant::now())).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_record_retried_midway_is_counted_once() {
+    let script = Arc::new(Script::default());
+    // the second piece fails once: the whole record is sent again
+    *script.fail_attempt.lock() = Some((2, ApiError::new(ErrorCode::Unavailable, "restarting")));
+    let endpoint = serve(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
+    queue.append(&resources(6, 10, 180)).unwrap();
+    let exp = Arc::new(Exporter::new(endpoint, ExporterConfig { batch_max_bytes: ByteSize(3000), ..cfg() }, queue.clone()));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(exp.clone().run(rx));
+    until("the queue to drain", || queue.stats().depth.get() == 0).await;
+    let got: usize = script.got.lock().iter().map(|g| g.1).sum();
+    assert!(got > 60, "the first piece went twice: {got}");
+    assert_eq!(exp.stats.retries.get(), 1);
+    assert_eq!((exp.stats.sent_records[0].get(), exp.stats.sent_items[0].get()), (1, 60));
     tx.send(Some(Instant::now())).unwrap();
     task.await.unwrap();
 }

@@ -39,6 +39,14 @@ impl BodyBudget {
         Arc::new(Self { sem: Arc::new(Semaphore::new(limit)), limit })
     }
 
+    /// The budget of listeners taking bodies of up to `max_body` bytes: `max_inflight`, but at
+    /// least two bodies' worth, since a request alone must always fit and while it is inflated
+    /// it holds its compressed and its inflated bytes (each up to `max_body`, plus a gRPC
+    /// frame's 5-byte prefix).
+    pub fn for_limits(max_inflight: usize, max_body: usize) -> Arc<Self> {
+        Self::new(max_inflight.max(max_body.saturating_mul(2).saturating_add(64)))
+    }
+
     /// The limit in bytes.
     pub fn limit(&self) -> usize {
         self.limit

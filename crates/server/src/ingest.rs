@@ -151,10 +151,16 @@ async fn read_body(mut body: Body, limit: usize, budget: &BodyBudget, held: &mut
         let frame = frame.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         seen = seen.saturating_add(data.len());
-        if seen > DRAIN_LIMIT {
-            break;
-        }
         if seen > limit || busy.is_some() {
+            // Refused already: the rest is read only so the client sees the answer, and
+            // nothing of it is kept.
+            if !buf.is_empty() {
+                buf = bytes::BytesMut::new();
+                *held = Held::default();
+            }
+            if seen > DRAIN_LIMIT {
+                break;
+            }
             continue;
         }
         match budget.take(held, data.len()) {

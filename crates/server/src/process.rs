@@ -183,7 +183,7 @@ pub fn serve_otlp(
     metrics: std::sync::Arc<crate::ServerMetrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> [tokio::task::JoinHandle<()>; 2] {
-    let budget = crate::BodyBudget::new(max_inflight.max(max_body));
+    let budget = crate::BodyBudget::for_limits(max_inflight, max_body);
     let grpc = tonic::transport::Server::builder()
         // HTTP/2's default 64 KiB stream window makes a client stop and wait for a window
         // update several times per typical export (hundreds of KiB): more round trips, wake-ups

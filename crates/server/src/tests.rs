@@ -406,8 +406,9 @@ async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
     assert_eq!(budget.available(), 1096);
     // A request that fits goes through while the first is still held.
     let small = tokio::spawn(tower::ServiceExt::oneshot(grpc, grpc_frame(500)));
-    // (the frame's 505 bytes, then the 500-byte message once tonic hands it over)
-    while budget.available() > 1096 - 500 {
+    // The frame's 505 bytes, then the 500-byte message once tonic hands it over to the call
+    // that holds them (had the call not found its bytes, it would take 500 more: 91 left).
+    while budget.available() != 1096 - 500 {
         tokio::task::yield_now().await;
     }
     gate.0.notify_waiters();
@@ -421,4 +422,55 @@ async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
     // Every byte is back once the answers are out.
     assert_eq!(budget.available(), 4096);
     assert_eq!(metrics.busy_refusals(), 2);
+}
+
+/// Answers every protobuf export with a 400 naming how many bytes it got.
+struct Len;
+
+impl OtlpIngest for Len {
+    fn export(&self, _: Export) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async { Ok(ExportOutcome::default()) })
+    }
+    fn export_protobuf(&self, _: Signal, body: bytes::Bytes) -> BoxFuture<'_, Result<ExportOutcome, ApiError>> {
+        Box::pin(async move { Err(ApiError::bad_request(format!("got {} bytes", body.len()))) })
+    }
+}
+
+#[tokio::test]
+async fn a_body_larger_than_the_drain_bound_but_within_the_limit_is_read_whole() {
+    // 70 MiB, under a 100 MiB max_body_size: every byte reaches the ingest.
+    let n = 70 << 20;
+    let http = otlp_http_router(Arc::new(Len), &Signal::ALL, 100 << 20, BodyBudget::new(256 << 20), Arc::default());
+    let chunks = (0..70).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 1 << 20])));
+    let body = Body::from_stream(futures::stream::iter(chunks));
+    let (s, _, b) = send(http, post("application/x-protobuf", body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let st = skein_otlp::RpcStatus::decode(&b[..]).unwrap();
+    assert_eq!(st.message, format!("got {n} bytes"));
+}
+
+#[tokio::test]
+async fn a_compressed_body_within_the_limits_fits_the_budget_alone() {
+    // 15 KiB that gzip takes to about 8 KiB, with max_body_size = max_inflight_bytes = 20 KiB:
+    // compressed and inflated are held together for a moment, and that must not be a 429.
+    let mut x = 1u32;
+    let raw: Vec<u8> = (0..15 * 1024)
+        .map(|i| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            if i % 2 == 0 { (x >> 24) as u8 } else { 0 }
+        })
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() + raw.len() > 20 * 1024, "{} compressed", gz.len());
+    let http = otlp_http_router(Arc::new(Len), &Signal::ALL, 20 * 1024, BodyBudget::for_limits(20 * 1024, 20 * 1024), Arc::default());
+    let req = Request::post("/v1/traces")
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(Body::from(gz))
+        .unwrap();
+    let (s, _, b) = send(http, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(skein_otlp::RpcStatus::decode(&b[..]).unwrap().message, format!("got {} bytes", raw.len()));
 }
