@@ -304,14 +304,14 @@ async fn with_two_collectors_a_trace_lands_on_one_and_a_dead_one_only_holds_back
 
 /// Log records of trace `tid` at `c` (a failed query fails the test).
 async fn logs_of(c: &Collector, tid: &str) -> usize {
-    let (code, v) = c.get_json(&format!("/api/v1/traces/{tid}/logs")).await.unwrap();
+    let (code, v) = c.get_json(&format!("/api/v1/traces/{tid}/logs")).await.expect("GET a trace's logs");
     assert_eq!(code, 200, "{v}");
     v["logs"].as_array().map_or(0, Vec::len)
 }
 
 /// Series of the metric `e2e.json.gauge` at `c` (a failed query fails the test).
 async fn series(c: &Collector) -> usize {
-    let (code, v) = c.get_json("/api/v1/metrics?name=e2e.json.gauge").await.unwrap();
+    let (code, v) = c.get_json("/api/v1/metrics?name=e2e.json.gauge").await.expect("GET metric series");
     assert_eq!(code, 200, "{v}");
     v["series"].as_array().map_or(0, Vec::len)
 }
