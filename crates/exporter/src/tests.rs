@@ -85,6 +85,28 @@ fn cfg() -> ExporterConfig {
     }
 }
 
+/// An exporter running on a queue, until [`Running::stop`].
+struct Running {
+    exp: Arc<Exporter>,
+    tx: watch::Sender<Option<Instant>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(endpoint: String, cfg: ExporterConfig, queue: &Arc<Queue>) -> Running {
+    let exp = Arc::new(Exporter::new(endpoint, cfg, Arc::clone(queue)));
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(Arc::clone(&exp).run(rx));
+    Running { exp, tx, task }
+}
+
+impl Running {
+    /// Shuts the exporter down, letting it drain for `drain`, and waits for it.
+    async fn stop(self, drain: std::time::Duration) {
+        self.tx.send(Some(Instant::now() + drain)).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
 async fn until(what: &str, f: impl Fn() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -105,9 +127,8 @@ async fn merges_runs_of_one_signal_retries_and_acks_only_what_was_delivered() {
     }
     queue.append(&record(Signal::Logs, b"\x0a\x00")).unwrap();
     queue.append(&spans(4)).unwrap();
-    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, cfg(), &queue);
+    let exp = &run.exp;
     let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     // the first push failed and was retried; traces 2+3 went as one request, then logs, then 4
@@ -119,8 +140,7 @@ async fn merges_runs_of_one_signal_retries_and_acks_only_what_was_delivered() {
     queue.append(&spans(1)).unwrap();
     exp.notify.notify_one();
     until("the new record", || script.got.lock().len() == 4).await;
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,9 +151,8 @@ async fn a_permanent_failure_drops_the_batch_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&spans(2)).unwrap();
-    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, cfg(), &queue);
+    let exp = &run.exp;
     let drain = std::time::Duration::from_secs(1);
     until("the drop", || exp.stats.dropped_records[0].get() == 1).await;
     assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("trace id of 3 bytes"));
@@ -143,8 +162,7 @@ async fn a_permanent_failure_drops_the_batch_and_goes_on() {
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 3)]);
     // acknowledged in the queue once the answer is back
     until("the ack", || queue.stats().depth.get() == 0).await;
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,16 +174,14 @@ async fn a_collector_that_is_down_keeps_records_queued_until_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&spans(5)).unwrap();
-    let exp = Arc::new(Exporter::new(format!("http://{addr}"), cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(format!("http://{addr}"), cfg(), &queue);
+    let exp = &run.exp;
     let drain = std::time::Duration::from_millis(100);
     until("a few retries", || exp.stats.retries.get() >= 3).await;
     assert_eq!(queue.stats().depth.get(), 1, "nothing is acknowledged while the collector is down");
     assert!(!exp.stats.healthy.load(Ordering::Relaxed));
     // shutting down gives up after the drain time and leaves the record queued
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
     assert_eq!(queue.stats().depth.get(), 1);
 }
 
@@ -210,16 +226,14 @@ async fn a_refused_merged_run_is_retried_record_by_record_so_only_the_bad_one_is
     queue.append(&spans(2)).unwrap();
     queue.append(&record(Signal::Traces, &poisoned.encode_to_vec())).unwrap();
     queue.append(&spans(3)).unwrap();
-    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, cfg(), &queue);
+    let exp = &run.exp;
     let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 2), (Signal::Traces, 3)]);
     assert_eq!(exp.stats.dropped_records[0].get(), 1);
     assert_eq!(exp.stats.sent_records[0].get(), 2);
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,16 +248,13 @@ async fn requests_stay_under_the_batch_size() {
     }
     // room for about three records a request
     let c = ExporterConfig { batch_max_bytes: ByteSize((one.len() * 3 + 10) as u64), ..cfg() };
-    let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, c, &queue);
     let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let got = script.got.lock().clone();
     assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 100);
     assert!(got.iter().all(|g| g.1 <= 30), "{got:?}");
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,14 +265,11 @@ async fn every_compression_reaches_a_grpc_server() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
         queue.append(&spans(7)).unwrap();
-        let exp = Arc::new(Exporter::new(endpoint, ExporterConfig { compression, ..cfg() }, queue.clone()));
-        let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(exp.clone().run(rx));
+        let run = start(endpoint, ExporterConfig { compression, ..cfg() }, &queue);
         let drain = std::time::Duration::from_secs(1);
         until("the queue to drain", || queue.stats().depth.get() == 0).await;
         assert_eq!(*script.got.lock(), vec![(Signal::Traces, 7)], "{compression:?}");
-        tx.send(Some(Instant::now() + drain)).unwrap();
-        task.await.unwrap();
+        run.stop(drain).await;
     }
 }
 
@@ -318,9 +326,8 @@ async fn too_large_records(compression: Compression) {
     queue.append(&resources(1, 30, 180)).unwrap();
     queue.append(&spans(3)).unwrap();
     let c = ExporterConfig { batch_max_bytes: ByteSize(3000), compression, ..cfg() };
-    let exp = Arc::new(Exporter::new(endpoint, c, queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, c, &queue);
+    let exp = &run.exp;
     let drain = std::time::Duration::from_secs(1);
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let got = script.got.lock().clone();
@@ -335,8 +342,7 @@ async fn too_large_records(compression: Compression) {
     assert_eq!(exp.stats.dropped_items[0].get(), 30);
     // (zstd: tonic refuses while inflating, RESOURCE_EXHAUSTED; uncompressed: OUT_OF_RANGE)
     assert!(exp.stats.last_error.lock().as_deref().unwrap_or("").contains("4096 bytes"), "{:?}", exp.stats.last_error.lock());
-    tx.send(Some(Instant::now() + drain)).unwrap();
-    task.await.unwrap();
+    run.stop(drain).await;
 }
 
 #[test]
@@ -405,14 +411,12 @@ async fn records_queued_before_the_item_count_are_merged_and_counted_with_the_ne
     queue.append(&spans(3)).unwrap();
     assert_eq!(Record::parse(&[0x80 | 1, 0, 0]), None, "a short count is not a record");
     assert_eq!(Record::parse(&[7]), None);
-    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, cfg(), &queue);
+    let exp = &run.exp;
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     assert_eq!(*script.got.lock(), vec![(Signal::Traces, 5)]);
     assert_eq!((exp.stats.sent_records[0].get(), exp.stats.sent_items[0].get()), (2, 5));
-    tx.send(Some(Instant::now())).unwrap();
-    task.await.unwrap();
+    run.stop(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,18 +432,16 @@ async fn a_retry_info_delay_holds_the_next_attempt_back() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&spans(2)).unwrap();
-    let exp = Arc::new(Exporter::new(endpoint, cfg(), queue.clone()));
-    let (tx, rx) = watch::channel(None);
     let t = Instant::now();
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, cfg(), &queue);
+    let exp = &run.exp;
     until("the first attempt", || script.attempts.load(Ordering::Relaxed) == 1).await;
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let took = t.elapsed();
     assert!(took >= std::time::Duration::from_secs(1), "retried after {took:?}, before the server's RetryInfo delay");
     assert_eq!(script.attempts.load(Ordering::Relaxed), 2);
     assert_eq!(exp.stats.retries.get(), 1);
-    tx.send(Some(Instant::now())).unwrap();
-    task.await.unwrap();
+    run.stop(std::time::Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,14 +453,12 @@ async fn a_split_record_retried_midway_is_counted_once() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(Queue::open(dir.path(), skein_wal::QueueOptions::default()).unwrap());
     queue.append(&resources(6, 10, 180)).unwrap();
-    let exp = Arc::new(Exporter::new(endpoint, ExporterConfig { batch_max_bytes: ByteSize(3000), ..cfg() }, queue.clone()));
-    let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(exp.clone().run(rx));
+    let run = start(endpoint, ExporterConfig { batch_max_bytes: ByteSize(3000), ..cfg() }, &queue);
+    let exp = &run.exp;
     until("the queue to drain", || queue.stats().depth.get() == 0).await;
     let got: usize = script.got.lock().iter().map(|g| g.1).sum();
     assert!(got > 60, "the first piece went twice: {got}");
     assert_eq!(exp.stats.retries.get(), 1);
     assert_eq!((exp.stats.sent_records[0].get(), exp.stats.sent_items[0].get()), (1, 60));
-    tx.send(Some(Instant::now())).unwrap();
-    task.await.unwrap();
+    run.stop(std::time::Duration::ZERO).await;
 }
