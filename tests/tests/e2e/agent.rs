@@ -40,6 +40,17 @@ async fn all_arrived(c: &Collector, sent: &[(String, usize)]) -> bool {
     true
 }
 
+/// Waits until every trace of `sent` is at the collector, then checks each has exactly its
+/// spans (`spans_by_id` panics on a duplicate span).
+async fn each_once_after_restart(c: &Collector, sent: &[(String, usize)]) {
+    wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(c, sent).await })
+        .await
+        .expect("every acked trace arrives");
+    for (tid, n) in sent {
+        assert_eq!(span_count(c, tid).await, *n, "trace {tid}");
+    }
+}
+
 const FAST_RETRY: [(&str, &str); 3] =
     [("exporter.retry_initial_delay", "50ms"), ("exporter.retry_max_delay", "500ms"), ("node.host_name", "node-a")];
 
@@ -100,14 +111,9 @@ async fn kill_9_of_the_agent_loses_nothing_it_acknowledged() {
     agent.kill9().unwrap();
     let collector = Collector::builder().set("otlp.grpc_addr", format!("127.0.0.1:{port}")).start().await.unwrap();
     agent.restart().await.unwrap();
-    wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(&collector, &sent).await })
-        .await
-        .unwrap();
-    // Exactly once as seen by the API (spans_by_id panics on a duplicate), and stored once:
-    // nothing was delivered before the kill, so no retry could have sent anything twice.
-    for (tid, n) in &sent {
-        assert_eq!(span_count(&collector, tid).await, *n);
-    }
+    // Exactly once as seen by the API, and stored once: nothing was delivered before the kill,
+    // so no retry could have sent anything twice.
+    each_once_after_restart(&collector, &sent).await;
     let stored = collector
         .http()
         .post(collector.query_url("/api/v1/sql"))
@@ -163,13 +169,7 @@ async fn kill_9_of_the_agent_under_load_loses_nothing_it_acknowledged() {
     assert!(sent.len() >= 50, "only {} exports were acknowledged before the kill", sent.len());
     assert!(before.1["traces"].as_array().is_some_and(|t| !t.is_empty()), "delivery was under way at the kill: {:?}", before.1);
     agent.restart().await.unwrap();
-    wait_until(Duration::from_secs(60), "every acked trace after the agent's restart", || async { all_arrived(&collector, &sent).await })
-        .await
-        .unwrap();
-    // Exactly once as seen by the API: spans_by_id panics on a duplicate span.
-    for (tid, n) in &sent {
-        assert_eq!(span_count(&collector, tid).await, *n);
-    }
+    each_once_after_restart(&collector, &sent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
