@@ -2,63 +2,19 @@
 //! without decoding it: the agent counts what it delivers and drops per signal this way.
 
 use crate::Signal;
-
-/// Reads a varint at `*at`, moving past it.
-fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(v);
-        }
-    }
-    None
-}
+use crate::wire::{Cur, LEN};
 
 /// Calls `f(field, bytes)` for each length-delimited field of the message `b`, skipping the
 /// others; `None` if `b` is not a well-formed message.
-fn fields<'a>(b: &'a [u8], mut f: impl FnMut(u32, &'a [u8]) -> Option<()>) -> Option<()> {
-    let mut at = 0;
-    while at < b.len() {
-        let key = varint(b, &mut at)?;
-        let field = u32::try_from(key >> 3).ok()?;
-        match key & 7 {
-            0 => {
-                varint(b, &mut at)?;
-            }
-            1 => at = at.checked_add(8).filter(|&e| e <= b.len())?,
-            5 => at = at.checked_add(4).filter(|&e| e <= b.len())?,
-            2 => {
-                let len = usize::try_from(varint(b, &mut at)?).ok()?;
-                let end = at.checked_add(len).filter(|&e| e <= b.len())?;
-                f(field, &b[at..end])?;
-                at = end;
-            }
-            _ => return None,
+fn fields<'a>(b: &'a [u8], mut f: impl FnMut(u64, &'a [u8]) -> Option<()>) -> Option<()> {
+    let mut c = Cur::new(b);
+    while !c.done() {
+        match c.key()? {
+            (field, LEN) => f(field, c.len_delimited()?)?,
+            (_, wire_type) => c.skip(wire_type)?,
         }
     }
     Some(())
-}
-
-/// The end of the field that starts at `at` in `b`.
-fn field_end(b: &[u8], mut at: usize) -> Option<usize> {
-    let key = varint(b, &mut at)?;
-    let end = match key & 7 {
-        0 => {
-            varint(b, &mut at)?;
-            at
-        }
-        1 => at.checked_add(8)?,
-        5 => at.checked_add(4)?,
-        2 => {
-            let len = usize::try_from(varint(b, &mut at)?).ok()?;
-            at.checked_add(len)?
-        }
-        _ => return None,
-    };
-    (end <= b.len()).then_some(end)
 }
 
 /// `body` (an export request: repeated top-level resources) cut at resource boundaries into
@@ -67,14 +23,14 @@ fn field_end(b: &[u8], mut at: usize) -> Option<usize> {
 /// Each piece is an export request itself, and their items together are the body's.
 pub fn split_request(body: &[u8], max: usize) -> Vec<&[u8]> {
     let mut pieces = Vec::new();
-    let (mut start, mut at) = (0usize, 0usize);
-    while at < body.len() {
-        let Some(end) = field_end(body, at) else { return vec![body] };
-        if end - start > max && at > start {
+    let (mut start, mut c) = (0usize, Cur::new(body));
+    while !c.done() {
+        let at = c.pos();
+        let Some(()) = c.key().and_then(|(_, wire_type)| c.skip(wire_type)) else { return vec![body] };
+        if c.pos() - start > max && at > start {
             pieces.push(&body[start..at]);
             start = at;
         }
-        at = end;
     }
     if start < body.len() || pieces.is_empty() {
         pieces.push(&body[start..]);
@@ -83,7 +39,7 @@ pub fn split_request(body: &[u8], max: usize) -> Vec<&[u8]> {
 }
 
 /// Occurrences of the last field of `path` inside the fields before it (each level repeated).
-fn count_path(b: &[u8], path: &[u32], leaf: &dyn Fn(&[u8]) -> Option<usize>) -> Option<usize> {
+fn count_path(b: &[u8], path: &[u64], leaf: &dyn Fn(&[u8]) -> Option<usize>) -> Option<usize> {
     let Some((&first, rest)) = path.split_first() else { return leaf(b) };
     let mut n = 0usize;
     fields(b, |field, inner| {

@@ -9,6 +9,7 @@ pub mod status;
 pub mod synth;
 pub mod validate;
 pub mod validate_signals;
+pub mod wire;
 
 pub use codec::{DecodeError, Encoding};
 pub use count::{count_items, split_request};

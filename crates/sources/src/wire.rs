@@ -18,85 +18,7 @@ use skein_otlp::proto::resource::v1::Resource;
 /// Deepest nesting of arrays and kvlists checked here; deeper values take the slow path.
 const MAX_DEPTH: u32 = 16;
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const FIXED32: u8 = 5;
-
-struct Cur<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Cur<'a> {
-    fn new(b: &'a [u8]) -> Self {
-        Self { b, i: 0 }
-    }
-
-    fn done(&self) -> bool {
-        self.i >= self.b.len()
-    }
-
-    /// The next varint. Tags and most lengths fit in one byte, so that case is inlined and the
-    /// loop is kept out of line.
-    #[inline]
-    fn varint(&mut self) -> Option<u64> {
-        let b0 = *self.b.get(self.i)?;
-        if b0 < 0x80 {
-            self.i += 1;
-            return Some(u64::from(b0));
-        }
-        self.varint_long()
-    }
-
-    #[inline(never)]
-    fn varint_long(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let byte = *self.b.get(self.i)?;
-            self.i += 1;
-            v |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// (field number, wire type) of the next field.
-    fn key(&mut self) -> Option<(u64, u8)> {
-        let k = self.varint()?;
-        Some((k >> 3, (k & 7) as u8))
-    }
-
-    fn len_delimited(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.varint()?).ok()?;
-        let end = self.i.checked_add(n)?;
-        let s = self.b.get(self.i..end)?;
-        self.i = end;
-        Some(s)
-    }
-
-    fn fixed64(&mut self) -> Option<u64> {
-        let s = self.b.get(self.i..self.i + 8)?;
-        self.i += 8;
-        Some(u64::from_le_bytes(s.try_into().ok()?))
-    }
-
-    fn skip(&mut self, wire_type: u8) -> Option<()> {
-        match wire_type {
-            VARINT => self.varint().map(|_| ()),
-            FIXED64 => self.fixed64().map(|_| ()),
-            LEN => self.len_delimited().map(|_| ()),
-            FIXED32 => {
-                self.b.get(self.i..self.i + 4)?;
-                self.i += 4;
-                Some(())
-            }
-            _ => None, // groups, or garbage
-        }
-    }
-}
+use skein_otlp::wire::{Cur, FIXED64, LEN};
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -212,7 +134,7 @@ pub fn stamp_traces(body: &[u8], identity: &[(&'static str, String)], limits: &L
     let mut spans = 0usize;
     let mut c = Cur::new(body);
     while !c.done() {
-        let start = c.i;
+        let start = c.pos();
         match c.key()? {
             (1, LEN) => {
                 let rs = c.len_delimited()?;
@@ -277,7 +199,7 @@ pub fn stamp_traces(body: &[u8], identity: &[(&'static str, String)], limits: &L
             (1, _) => return None,
             (_, wt) => {
                 c.skip(wt)?;
-                out.extend_from_slice(&body[start..c.i]);
+                out.extend_from_slice(&body[start..c.pos()]);
             }
         }
     }
