@@ -60,8 +60,8 @@ async fn serve_limited(script: Arc<Script>, max_message: usize) -> String {
     let m = Arc::new(skein_server::ServerMetrics::default());
     let budget = skein_server::BodyBudget::new(64 << 20);
     let svc = tonic::transport::Server::builder()
-        .add_service(skein_server::grpc_trace_service(script.clone(), max_message, budget.clone(), m.clone()))
-        .add_service(skein_server::grpc_logs_service(script, max_message, budget, m))
+        .add_service(skein_server::GrpcTraceService::new(script.clone(), max_message, budget.clone(), m.clone()))
+        .add_service(skein_server::GrpcLogsService::new(script, max_message, budget, m))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l));
     tokio::spawn(svc);
     format!("http://{addr}")

@@ -153,45 +153,21 @@ pub struct OtlpGrpcService<const TAG: u8> {
     max_message: usize,
 }
 
-fn service<const TAG: u8>(
-    ingest: Arc<dyn OtlpIngest>,
-    max_message: usize,
-    budget: Arc<BodyBudget>,
-    metrics: Arc<ServerMetrics>,
-) -> OtlpGrpcService<TAG> {
-    let signal = Signal::from_tag(TAG).unwrap_or(Signal::Traces);
-    OtlpGrpcService { export: Export { signal, ingest, budget, metrics }, max_message }
+impl<const TAG: u8> OtlpGrpcService<TAG> {
+    /// The service over `ingest`, taking messages up to `max_message` bytes; calls hold their
+    /// bytes of `budget` while handled.
+    pub fn new(ingest: Arc<dyn OtlpIngest>, max_message: usize, budget: Arc<BodyBudget>, metrics: Arc<ServerMetrics>) -> Self {
+        let signal = Signal::from_tag(TAG).unwrap_or(Signal::Traces);
+        Self { export: Export { signal, ingest, budget, metrics }, max_message }
+    }
 }
 
-/// The gRPC `TraceService` over `ingest`; calls hold their bytes of `budget` while handled.
-pub fn grpc_trace_service(
-    ingest: Arc<dyn OtlpIngest>,
-    max_message: usize,
-    budget: Arc<BodyBudget>,
-    metrics: Arc<ServerMetrics>,
-) -> OtlpGrpcService<1> {
-    service(ingest, max_message, budget, metrics)
-}
-
-/// The gRPC `LogsService` over `ingest`; calls hold their bytes of `budget` while handled.
-pub fn grpc_logs_service(
-    ingest: Arc<dyn OtlpIngest>,
-    max_message: usize,
-    budget: Arc<BodyBudget>,
-    metrics: Arc<ServerMetrics>,
-) -> OtlpGrpcService<2> {
-    service(ingest, max_message, budget, metrics)
-}
-
-/// The gRPC `MetricsService` over `ingest`; calls hold their bytes of `budget` while handled.
-pub fn grpc_metrics_service(
-    ingest: Arc<dyn OtlpIngest>,
-    max_message: usize,
-    budget: Arc<BodyBudget>,
-    metrics: Arc<ServerMetrics>,
-) -> OtlpGrpcService<3> {
-    service(ingest, max_message, budget, metrics)
-}
+/// The gRPC `TraceService`.
+pub type GrpcTraceService = OtlpGrpcService<1>;
+/// The gRPC `LogsService`.
+pub type GrpcLogsService = OtlpGrpcService<2>;
+/// The gRPC `MetricsService`.
+pub type GrpcMetricsService = OtlpGrpcService<3>;
 
 impl tonic::server::NamedService for OtlpGrpcService<1> {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";

@@ -19,7 +19,7 @@ mod webhook;
 
 pub use budget::{BodyBudget, Held};
 pub use error::ApiError;
-pub use grpc::{OtlpGrpcService, grpc_logs_service, grpc_metrics_service, grpc_trace_service};
+pub use grpc::{GrpcLogsService, GrpcMetricsService, GrpcTraceService, OtlpGrpcService};
 pub use ingest::otlp_http_router;
 pub use ops::ServerMetrics;
 pub use params::parse_go_duration;

@@ -190,9 +190,9 @@ pub fn serve_otlp(
         // and syscalls per request. A window of a few MiB lets a request arrive in one go.
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(crate::grpc_trace_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
-        .add_service(crate::grpc_logs_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
-        .add_service(crate::grpc_metrics_service(ingest.clone(), max_body, budget.clone(), metrics.clone()))
+        .add_service(crate::GrpcTraceService::new(ingest.clone(), max_body, budget.clone(), metrics.clone()))
+        .add_service(crate::GrpcLogsService::new(ingest.clone(), max_body, budget.clone(), metrics.clone()))
+        .add_service(crate::GrpcMetricsService::new(ingest.clone(), max_body, budget.clone(), metrics.clone()))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc), wait_for_true(stop.clone()));
     let http = axum::serve(http, crate::otlp_http_router(ingest, &skein_otlp::Signal::ALL, max_body, budget, metrics))
         .with_graceful_shutdown(wait_for_true(stop));

@@ -389,7 +389,7 @@ async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
     let budget = BodyBudget::new(4096);
     let metrics = Arc::new(ServerMetrics::default());
     let http = otlp_http_router(gate.clone(), &Signal::ALL, 1 << 20, budget.clone(), metrics.clone());
-    let grpc = crate::grpc_trace_service(gate.clone(), 1 << 20, budget.clone(), metrics.clone());
+    let grpc = crate::GrpcTraceService::new(gate.clone(), 1 << 20, budget.clone(), metrics.clone());
     // 3000 bytes held by a request the ingest has not answered yet.
     let first = tokio::spawn(send(http.clone(), post("application/x-protobuf", vec![0u8; 3000])));
     while budget.available() != 1096 {
