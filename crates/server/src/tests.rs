@@ -357,6 +357,15 @@ async fn replica_lag_and_alert_routes() {
     assert_eq!(v, serde_json::json!({"alerts": [{"rule": "lag", "state": "firing"}]}));
 }
 
+/// Yields until `f` holds; fails the test after 10 s, naming `what` it waited for.
+async fn until(mut f: impl FnMut() -> bool, what: &str) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Holds every protobuf export until released, so requests stay in progress.
 struct Gate(tokio::sync::Notify);
 
@@ -392,9 +401,7 @@ async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
     let grpc = crate::GrpcTraceService::new(gate.clone(), 1 << 20, budget.clone(), metrics.clone());
     // 3000 bytes held by a request the ingest has not answered yet.
     let first = tokio::spawn(send(http.clone(), post("application/x-protobuf", vec![0u8; 3000])));
-    while budget.available() != 1096 {
-        tokio::task::yield_now().await;
-    }
+    until(|| budget.available() == 1096, "the first request to hold 3000 bytes").await;
     // 2000 more bytes do not fit, over HTTP or gRPC: refused with a retry hint, nothing kept.
     let (s, h, b) = send(http.clone(), post("application/x-protobuf", vec![0u8; 2000])).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
@@ -408,14 +415,16 @@ async fn requests_past_the_in_flight_budget_are_refused_as_they_arrive() {
     let small = tokio::spawn(tower::ServiceExt::oneshot(grpc, grpc_frame(500)));
     // The frame's 505 bytes, then the 500-byte message once tonic hands it over to the call
     // that holds them (had the call not found its bytes, it would take 500 more: 91 left).
-    while budget.available() != 1096 - 500 {
-        tokio::task::yield_now().await;
-    }
+    until(|| budget.available() == 1096 - 500, "the small call to hold its 500-byte message").await;
     gate.0.notify_waiters();
-    while !(first.is_finished() && small.is_finished()) {
-        gate.0.notify_waiters();
-        tokio::task::yield_now().await;
-    }
+    until(
+        || {
+            gate.0.notify_waiters();
+            first.is_finished() && small.is_finished()
+        },
+        "both held requests to be answered",
+    )
+    .await;
     assert_eq!(first.await.unwrap().0, StatusCode::OK);
     let resp = small.await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
