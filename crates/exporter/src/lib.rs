@@ -465,7 +465,7 @@ impl Exporter {
                 let (mut sent, mut refused) = (0usize, Vec::new());
                 for piece in skein_otlp::split_request(&body, max) {
                     match self.send(grpc, signal, piece).await {
-                        Outcome::Ok { .. } => sent += skein_otlp::count_items(signal, piece).unwrap_or(0),
+                        Outcome::Ok { .. } => sent += items_of(signal, None, piece),
                         Outcome::Permanent(reason) => refused.push((piece, reason)),
                         Outcome::Retry { after, .. } => return Err((batch[i].pos, after)),
                     }
@@ -482,8 +482,7 @@ impl Exporter {
             match self.send(grpc, signal, &body).await {
                 Outcome::Ok { .. } => {
                     self.stats.sent_records[si].add(n);
-                    let items = items.unwrap_or_else(|| skein_otlp::count_items(signal, &body).unwrap_or(0));
-                    self.stats.sent_items[si].add(items as u64);
+                    self.stats.sent_items[si].add(items_of(signal, items, &body) as u64);
                 }
                 // A merged run refused for good: each record gets its own verdict, so one bad
                 // record does not take the others along.
@@ -503,7 +502,7 @@ impl Exporter {
     /// known) as dropped after the collector refused it for good.
     fn drop_refused(&self, signal: Signal, body: &[u8], records: u64, items: Option<usize>, reason: &str) {
         let si = signal_index(signal);
-        let items = items.unwrap_or_else(|| skein_otlp::count_items(signal, body).unwrap_or(0));
+        let items = items_of(signal, items, body);
         self.stats.dropped_records[si].add(records);
         self.stats.dropped_items[si].add(items as u64);
         tracing::error!(endpoint = %self.endpoint, %signal, records, items, bytes = body.len(), %reason, "collector refused the export for good; dropping it");
@@ -580,8 +579,13 @@ impl<'a> Record<'a> {
 
     /// Its items, counted on the wire if the record does not say.
     pub fn items(&self) -> usize {
-        self.items.unwrap_or_else(|| skein_otlp::count_items(self.signal, self.body).unwrap_or(0))
+        items_of(self.signal, self.items, self.body)
     }
+}
+
+/// `items` when known, else the items of the export `body` of `signal` counted on the wire.
+fn items_of(signal: Signal, items: Option<usize>, body: &[u8]) -> usize {
+    items.unwrap_or_else(|| skein_otlp::count_items(signal, body).unwrap_or(0))
 }
 
 /// The header of a record of `items` items of `signal`: append the body after it.
